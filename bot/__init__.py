@@ -1,0 +1,1 @@
+"""Application wiring: settings, CLI, services."""

@@ -1,0 +1,155 @@
+"""`kesu` command line: the entry point where settings are built and the app is wired."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bot.config import Settings
+
+app = typer.Typer(help="Kesu (客诉): complaint intake for home-furnishing malls.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+cases_app = typer.Typer(help="Look at cases as staff would.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(cases_app, name="cases")
+app.add_typer(db_app, name="db")
+
+NowOption = Annotated[str | None, typer.Option(
+    "--now", help="The conversation's clock, ISO-8601 (e.g. 2026-11-22T14:30:00+08:00); default: real time.")]
+CatalogOption = Annotated[Path | None, typer.Option(
+    "--catalog", help="Catalog YAML (malls and brands); default: KESU_CATALOG or the demo catalog.")]
+DbOption = Annotated[str | None, typer.Option(
+    "--db", help="Database URL; default: KESU_DATABASE_URL or sqlite:///var/kesu.db.")]
+
+
+def _settings(catalog: Path | None = None, db: str | None = None) -> Settings:
+    overrides: dict[str, object] = {}
+    if catalog is not None:
+        overrides["catalog"] = catalog
+    if db is not None:
+        overrides["database_url"] = db
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _parse_now(now: str | None) -> datetime | None:
+    if now is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(now)
+    except ValueError as error:
+        raise typer.BadParameter(f"not an ISO-8601 time: {now}", param_hint="--now") from error
+    if moment.tzinfo is None:
+        raise typer.BadParameter("give a UTC offset, e.g. +08:00", param_hint="--now")
+    return moment
+
+
+@app.command()
+def chat(
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Machine interface: one JSON string per input line, "
+                                        "one JSON object per output line.")] = False,
+    now: NowOption = None,
+    catalog: CatalogOption = None,
+    db: DbOption = None,
+    customer: Annotated[str | None, typer.Option(
+        "--customer", help="Customer id; the same id resumes its conversation. Default: your user name "
+        "(interactive) or a new id per run (--jsonl).")] = None,
+) -> None:
+    """Talk to Kesu as a customer in the terminal."""
+    from bot.app import build_service
+    from handlers.console import run_interactive, run_jsonl
+
+    fixed_now = _parse_now(now)
+    service = build_service(_settings(catalog, db), clock=(lambda: fixed_now) if fixed_now else None)
+    if jsonl:
+        run_jsonl(service, customer or f"jsonl-{uuid.uuid4().hex[:12]}", sys.stdin, sys.stdout)
+        return
+    renderer = service.renderer
+    run_interactive(service, customer or f"user-{getpass.getuser()}",
+                    renderer.render("console_banner", {}), renderer.render("console_prompt", {}) + " ")
+
+
+@app.command()
+def extract(now: NowOption = None, catalog: CatalogOption = None) -> None:
+    """Read one customer message on stdin and print the fields found, as JSON with the public field keys."""
+    from dialogs.catalog import load_catalog
+    from dialogs.extraction import extract_fields
+
+    moment = _parse_now(now) or datetime.now(UTC)
+    fields = extract_fields(sys.stdin.read(), now=moment, catalog=load_catalog(_settings(catalog).catalog))
+    typer.echo(json.dumps(fields, ensure_ascii=False, indent=2))
+
+
+@cases_app.command("list")
+def cases_list(
+    db: DbOption = None,
+    catalog: CatalogOption = None,
+    mall: Annotated[str | None, typer.Option("--mall", help="Only this mall id.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines with the public field keys.")] = False,
+) -> None:
+    """Newest cases first, phones masked."""
+    from bot.app import build_renderer, build_store
+    from dialogs.catalog import load_catalog
+
+    settings = _settings(catalog, db)
+    records = build_store(settings).list_cases(limit=limit, mall=mall)
+    if as_json:
+        for record in records:
+            typer.echo(json.dumps(record.public_dict(), ensure_ascii=False))
+        return
+    malls = {m.id: m.name for m in load_catalog(settings.catalog).malls}
+    rows = [{"number": r.number, "created_at": r.created_at, "fields": r.fields,
+             "mall_name": malls.get(r.fields.get("mall") or "", r.fields.get("mall"))} for r in records]
+    typer.echo(build_renderer(settings).render("cases_list", {"cases": rows}))
+
+
+@cases_app.command("show")
+def cases_show(
+    number: Annotated[str, typer.Argument(help="Case number, e.g. KS2611220015 (dashes and lower case are fine).")],
+    db: DbOption = None,
+    catalog: CatalogOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The case as JSON with the public field keys.")] = False,
+) -> None:
+    """Everything about one case: fields, timeline and the conversation it came from."""
+    from bot.app import build_renderer, build_store
+    from dialogs.catalog import load_catalog
+    from dialogs.fields import FIELD_KEYS
+
+    settings = _settings(catalog, db)
+    store = build_store(settings)
+    record = store.get_case(number)
+    renderer = build_renderer(settings)
+    if record is None:
+        typer.echo(renderer.render("case_not_found", {"number": number}), err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(record.public_dict(), ensure_ascii=False, indent=2))
+        return
+    mall = load_catalog(settings.catalog).mall(record.fields.get("mall") or "")
+    typer.echo(renderer.render("case_detail", {
+        "case": record, "field_keys": FIELD_KEYS, "mall_name": mall.name if mall else None,
+        "events": store.get_case_events(record.id)}))
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOption = None) -> None:
+    """Create or upgrade the schema (Alembic migrations). Kesu also does this at start-up."""
+    from storage.db import upgrade_schema
+
+    upgrade_schema(_settings(db=db).database_url)
+    typer.echo("ok")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The one Jinja2 environment every sentence goes through.
+
+StrictUndefined turns a missing variable into an error in tests instead of a blank in a
+customer's chat. Customer text only ever enters as variable values, which Jinja never
+re-parses, so "{{ 7*7 }}" typed by a customer is shown, not evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from zoneinfo import ZoneInfo
+
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def mask_phone(value: str | None) -> str:
+    """138****5678: staff groups see enough to recognise a number, not to copy it."""
+    if not value:
+        return ""
+    return f"{value[:3]}****{value[-4:]}" if len(value) >= 7 else "****"
+
+
+def money(value: int | float | Decimal | None) -> str:
+    if value is None:
+        return ""
+    number = Decimal(str(value))
+    return f"{number:,.0f}" if number == number.to_integral_value() else f"{number:,.2f}"
+
+
+def cn_date(value: date | datetime | str | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        value = date.fromisoformat(value[:10])
+    return f"{value.year}年{value.month}月{value.day}日"
+
+
+def cn_time(value: datetime) -> str:
+    """Staff read times in the mall's time zone."""
+    local = value.astimezone(SHANGHAI)
+    return f"{local:%Y-%m-%d %H:%M}"
+
+
+class Renderer:
+    """Renders reply templates for one locale; deployer directories override file by file."""
+
+    def __init__(self, override_dirs: Sequence[Path] = (), locale: str = "zh-CN") -> None:
+        roots = [*override_dirs, BUILTIN_TEMPLATES]
+        self.env = Environment(
+            loader=ChoiceLoader([FileSystemLoader(str(root / locale)) for root in roots]),
+            undefined=StrictUndefined,
+            autoescape=False,  # plain-text chat messages, never HTML
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+        )
+        self.env.filters.update(mask_phone=mask_phone, money=money, cn_date=cn_date, cn_time=cn_time)
+
+    def render(self, template: str, context: dict[str, Any]) -> str:
+        text = self.env.get_template(f"{template}.j2").render(**context)
+        return "\n".join(line.rstrip() for line in text.strip().splitlines() if line.strip())
+
+    def template_names(self) -> list[str]:
+        """Every renderable template (partials starting with "_" excluded)."""
+        names = self.env.list_templates(extensions=["j2"])
+        return sorted({name.removesuffix(".j2") for name in names if not name.rsplit("/", 1)[-1].startswith("_")})

@@ -1,0 +1,1 @@
+"""The intake conversation: a pure core (no I/O) that turns state + message into state, replies, effects."""

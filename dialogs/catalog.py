@@ -1,0 +1,82 @@
+"""Malls and brands a deployment knows: the YAML catalog deployers edit (format in README.md)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dialogs.extraction.entities import AliasIndex
+
+
+class Mall(BaseModel):
+    # Routing and other deployment data ride along untouched; later features read them.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    city: str = Field(min_length=1)
+    aliases: tuple[str, ...] = ()
+
+
+class Brand(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(min_length=1)
+    aliases: tuple[str, ...] = ()
+    # Aliases that are also everyday words ("老板", "左右"): matched only in brand context.
+    weak_aliases: tuple[str, ...] = ()
+
+
+class Catalog(BaseModel):
+    model_config = ConfigDict(frozen=True, ignored_types=(cached_property,))
+
+    malls: tuple[Mall, ...]
+    brands: tuple[Brand, ...]
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> Catalog:
+        for label, keys in (("mall id", [m.id for m in self.malls]), ("brand name", [b.name for b in self.brands])):
+            seen: set[str] = set()
+            for key in keys:
+                if key in seen:
+                    raise ValueError(f"duplicate {label}: {key}")
+                seen.add(key)
+        return self
+
+    def mall(self, mall_id: str) -> Mall | None:
+        return next((m for m in self.malls if m.id == mall_id), None)
+
+    def brand(self, name: str) -> Brand | None:
+        return next((b for b in self.brands if b.name == name), None)
+
+    @cached_property
+    def cities(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(m.city for m in self.malls))
+
+    @cached_property
+    def mall_index(self) -> AliasIndex:
+        return AliasIndex.build({m.id: (m.name, *m.aliases) for m in self.malls}, weak={})
+
+    @cached_property
+    def brand_index(self) -> AliasIndex:
+        return AliasIndex.build(
+            {b.name: (b.name, *b.aliases) for b in self.brands},
+            weak={b.name: b.weak_aliases for b in self.brands},
+        )
+
+
+def demo_catalog_path() -> Path:
+    return Path(str(resources.files("bot").joinpath("data/demo_catalog.yaml")))
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """Read and validate a catalog file; None means the demo catalog shipped with Kesu."""
+    source = Path(path) if path is not None else demo_catalog_path()
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a mapping with 'malls' and 'brands'")
+    return Catalog.model_validate(data)

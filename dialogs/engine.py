@@ -1,0 +1,401 @@
+"""The intake conversation as a pure function: (state, message, clock, catalog) → turn.
+
+No I/O and no rendering happen here (rasa-sdk's CollectingDispatcher idea): the turn lists the
+replies as template names with their context, and the effects the service must carry out in
+the same transaction as the new state (open a case, look up a customer's cases). That keeps
+every path of the conversation testable without a database or a template directory.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from dialogs.catalog import Catalog
+from dialogs.extraction import Extraction, extract, over_warranty_from, to_public
+from dialogs.extraction.names import name_from_answer
+from dialogs.extraction.priority import LARGE_AMOUNT, PRIORITY_ORDER
+from dialogs.extraction.text import MAX_EXTRACT_CHARS, clean_message, has_cjk
+from dialogs.extraction.wants import NO, YES
+from dialogs.fields import ASK_ORDER, FIELD_KEYS, SPECS, from_state_value, to_state_value
+from dialogs.intents import Intent, classify
+
+# A customer who comes back after this long is greeted back and reminded where we were.
+RESUME_AFTER = timedelta(hours=6)
+# Optional fields are asked once, plus one clarification when the answer could not be used.
+OPTIONAL_ATTEMPTS = 2
+_CORRECTION = re.compile(r"不对|错了|打错|写错|说错|改成|改为|更正|应该是|改一下|换成|不是")
+_FREE_BRAND = re.compile(r"^[\u4e00-\u9fffA-Za-z0-9 &·.-]{2,16}$")
+_BRAND_FILLER = re.compile(r"^(?:是|买的是|品牌是|牌子是|就是)|(?:的|牌|牌子|品牌|家的|吧|啊)$")
+_ORDINALS = {"一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5}
+
+
+class PendingChoice(BaseModel):
+    field: str
+    options: list[str]
+
+
+class DialogState(BaseModel):
+    """Everything the conversation needs between turns; stored as JSON on every turn."""
+
+    schema_version: int = 1
+    phase: str = "collecting"  # "collecting" | "confirming" | "cancelling"
+    fields: dict[str, Any] = Field(default_factory=dict)  # public keys, JSON values
+    unknown: list[str] = Field(default_factory=list)  # fields the customer does not know / has none of
+    stated: list[str] = Field(default_factory=list)  # derivable fields the customer stated (over_warranty)
+    asking: str | None = None
+    attempts: dict[str, int] = Field(default_factory=dict)
+    choice: PendingChoice | None = None
+    priority: str = "normal"
+    priority_reasons: list[str] = Field(default_factory=list)
+    purchase_years_ago: int | None = None
+    resume_phase: str | None = None
+    greeted: bool = False
+    empathized: bool = False
+    started_at: datetime | None = None
+    last_seen: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    template: str
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OpenCase:
+    """Open a case with these fields (typed values, every public key present)."""
+
+    fields: dict[str, Any]
+    priority_reasons: list[str]
+
+
+@dataclass(frozen=True)
+class LookUpCases:
+    """Tell the customer where their cases stand; `number` when they typed one."""
+
+    text: str
+
+
+Effect = OpenCase | LookUpCases
+
+
+@dataclass(frozen=True)
+class Turn:
+    state: DialogState
+    replies: list[Reply]
+    effects: list[Effect]
+
+
+@dataclass
+class _Turn:
+    """Mutable scratch space while one message is processed."""
+
+    state: DialogState
+    now: datetime
+    catalog: Catalog
+    replies: list[Reply] = field(default_factory=list)
+    effects: list[Effect] = field(default_factory=list)
+
+    def say(self, template: str, **context: Any) -> None:
+        self.replies.append(Reply(template, context))
+
+    def done(self) -> Turn:
+        return Turn(self.state, self.replies, self.effects)
+
+
+def new_state(now: datetime, *, greeted: bool = False) -> DialogState:
+    return DialogState(started_at=now, last_seen=now, greeted=greeted)
+
+
+def step(state: DialogState, message: str, *, now: datetime, catalog: Catalog) -> Turn:
+    """Process one customer message."""
+    turn = _Turn(state.model_copy(deep=True), now, catalog)
+    s = turn.state
+    if s.started_at is None:
+        s.started_at = now
+    returning = s.last_seen is not None and now - s.last_seen > RESUME_AFTER and bool(s.fields)
+    s.last_seen = now
+    text = clean_message(message)
+    if not s.greeted:
+        s.greeted = True
+        turn.say("greeting", has_content=bool(text) and classify(text) not in (Intent.GREETING, Intent.GIBBERISH))
+    elif returning:
+        turn.say("welcome_back")
+    if len(text) > MAX_EXTRACT_CHARS:
+        turn.say("long_message", limit=MAX_EXTRACT_CHARS)
+
+    intent = classify(text) if text else Intent.GIBBERISH
+    if s.phase == "cancelling":
+        if YES.match(text):
+            turn.state = new_state(now, greeted=True)
+            turn.say("cancelled")
+            return turn.done()
+        s.phase = s.resume_phase or "collecting"
+        s.resume_phase = None
+        turn.say("cancel_aborted")
+        if NO.match(text):
+            return _prompt(turn)
+    if intent is Intent.RESTART:
+        turn.state = new_state(now, greeted=True)
+        turn.say("restarted")
+        return _prompt(turn)
+    if intent is Intent.CANCEL:
+        if not s.fields:
+            turn.state = new_state(now, greeted=True)
+            turn.say("cancelled")
+            return turn.done()
+        s.resume_phase, s.phase = s.phase, "cancelling"
+        turn.say("cancel_confirm")
+        return turn.done()
+    if intent is Intent.STATUS:
+        turn.effects.append(LookUpCases(text))
+        turn.say("case_status")
+        return _prompt(turn) if s.fields else turn.done()
+    if intent is Intent.STAFF:
+        turn.say("staff_only")
+        return _prompt(turn)
+    if intent is Intent.ABOUT_BOT:
+        turn.say("about_bot")
+        return _prompt(turn)
+    if intent in (Intent.GREETING, Intent.THANKS, Intent.GIBBERISH):
+        if intent is Intent.THANKS:
+            turn.say("thanks")
+        elif intent is Intent.GIBBERISH:
+            turn.say("not_understood")
+        return _prompt(turn)
+    if intent is Intent.INSULT:
+        turn.say("calm_down")
+
+    found = extract(text, now=now, catalog=catalog, asking=s.asking, known_city=s.fields.get("city"))
+    if s.phase == "confirming" and not found.values and not found.choices:
+        if YES.match(text):
+            return _open_case(turn)
+        if NO.match(text) or _CORRECTION.search(text):
+            turn.say("what_to_change")
+            return turn.done()
+    _resolve_choice(turn, text, found)
+    _answer_to_question(turn, text, found)
+    _merge(turn, text, found)
+    return _prompt(turn)
+
+
+def _resolve_choice(turn: _Turn, text: str, found: Extraction) -> None:
+    """A reply to "which of these did you mean": a number, a name, or a city."""
+    choice = turn.state.choice
+    if choice is None or choice.field in found.values:
+        return
+    picked: str | None = None
+    number = re.search(r"\d+|[一二两三四五](?=个|家|号)?", text.strip())
+    if number and len(text.strip()) <= 6:
+        value = int(number.group()) if number.group().isdigit() else _ORDINALS.get(number.group(), 0)
+        if 1 <= value <= len(choice.options):
+            picked = choice.options[value - 1]
+    if picked is None:
+        for option in choice.options:
+            mall = turn.catalog.mall(option)
+            labels = (mall.name, mall.city, *mall.aliases) if mall else (option,)
+            if any(label and label in text for label in labels):
+                picked = option
+                break
+    if picked is not None:
+        found.values[choice.field] = picked
+        found.choices.pop(choice.field, None)
+        turn.state.choice = None
+
+
+def _answer_to_question(turn: _Turn, text: str, found: Extraction) -> None:
+    """Interpret the reply to the field just asked when extraction alone did not fill it."""
+    s = turn.state
+    key = s.asking
+    if key is None or key in found.values or key in found.choices:
+        return
+    if key == "over_warranty" and (YES.match(text) or NO.match(text)):
+        found.values[key] = bool(YES.match(text))
+        found.warranty_stated = True
+        return
+    if key == "brand" and not (found.unknown or found.refused) and not found.values:
+        candidate = _BRAND_FILLER.sub("", text.strip(" 。.!！"))
+        if _FREE_BRAND.match(candidate):
+            found.values[key] = candidate  # a brand the catalog does not list: recorded as said
+            return
+    if key == "description" and not found.unknown and has_cjk(text) and len(text) >= 4:
+        found.values[key] = text[:MAX_EXTRACT_CHARS]
+        return
+    if key == "expectation" and not found.unknown and has_cjk(text) and len(text) >= 2:
+        found.values[key] = ["other"]
+        return
+    if key == "name" and not found.unknown:
+        name = name_from_answer(text)
+        if name:
+            found.values[key] = name
+            return
+    spec = SPECS[key]
+    if found.refused:
+        turn.say("why_needed", field=key, required=spec.required)
+        if not spec.required:
+            _mark_unknown(s, key)
+    elif found.unknown:
+        if spec.required:
+            turn.say("required_unknown", field=key)
+        else:
+            _mark_unknown(s, key)
+            turn.say("unknown_ok", field=key)
+    elif key not in found.problems and not found.values:
+        turn.say("not_understood_field", field=key)
+
+
+def _mark_unknown(state: DialogState, key: str) -> None:
+    if key not in state.unknown:
+        state.unknown.append(key)
+    state.fields.pop(key, None)
+
+
+def _merge(turn: _Turn, text: str, found: Extraction) -> None:
+    """Take the message's values; a different value for a recorded field is a correction."""
+    s = turn.state
+    added: list[str] = []
+    changed: list[dict[str, Any]] = []
+    correcting = _CORRECTION.search(text) is not None
+    for key in FIELD_KEYS:
+        if key not in found.values or key == "priority":
+            continue
+        value = to_state_value(key, found.values[key])
+        old = s.fields.get(key)
+        if key == "city" and "mall" in s.fields and "mall" not in found.values:
+            continue  # the mall decides the city
+        if key == "over_warranty":
+            if not found.warranty_stated:
+                continue  # derived from the purchase date below, unless the customer says otherwise
+            if key not in s.stated:
+                s.stated.append(key)
+        if key == "description" and old:
+            if value not in old:
+                s.fields[key] = f"{old}；{value}"
+            continue
+        if key == "expectation" and old and not correcting:
+            value = list(dict.fromkeys([*old, *value]))
+        if old is None:
+            added.append(key)
+        elif old != value:
+            changed.append({"field": key, "old": old, "new": value})
+        s.fields[key] = value
+        if key in s.unknown:
+            s.unknown.remove(key)
+    for key, options in found.choices.items():
+        if key not in found.values:
+            s.choice = PendingChoice(field=key, options=list(options))
+    for key, problem in found.problems.items():
+        if key not in found.values and (key == s.asking or key in ("phone",)):
+            s.attempts[key] = s.attempts.get(key, 0) + (0 if key == s.asking else 1)
+            turn.say("invalid", field=key, reason=problem)
+    _derive(s, found)
+    if changed:
+        turn.say("corrected", changes=[_display_change(turn.catalog, c) for c in changed])
+    shown = [k for k in added if k != s.asking and k not in ("city", "over_warranty")]
+    if shown:
+        turn.say("noted", items=[_display(turn.catalog, k, s.fields[k]) for k in shown])
+    if "description" in added and not s.empathized:
+        s.empathized = True
+        turn.say("empathy", priority=s.priority)
+
+
+def _derive(s: DialogState, found: Extraction) -> None:
+    if "mall" in s.fields:
+        mall_city = found.values.get("city") if "mall" in found.values else None
+        if mall_city:
+            s.fields["city"] = mall_city
+    if "over_warranty" not in s.stated:
+        purchase = from_state_value("purchase_date", s.fields.get("purchase_date"))
+        if found.purchase_years_ago is not None:
+            s.purchase_years_ago = found.purchase_years_ago
+        today = s.last_seen.date() if s.last_seen else None
+        derived = over_warranty_from(purchase, s.purchase_years_ago, today) if today else None
+        if derived is not None:
+            s.fields["over_warranty"] = derived
+    level = max(s.priority, found.priority, key=PRIORITY_ORDER.index)
+    amount = from_state_value("amount", s.fields.get("amount"))
+    if amount is not None and amount >= LARGE_AMOUNT:
+        level = max(level, "important", key=PRIORITY_ORDER.index)
+        found.priority_reasons.append("large_amount")
+    s.priority = level
+    s.priority_reasons = list(dict.fromkeys([*s.priority_reasons, *found.priority_reasons]))
+
+
+def _next_field(s: DialogState) -> str | None:
+    for spec in ASK_ORDER:
+        key = spec.key
+        if key in s.fields or key in s.unknown:
+            continue
+        if key == "over_warranty" and ("purchase_date" in s.fields or s.purchase_years_ago is not None):
+            continue
+        if not spec.required and s.attempts.get(key, 0) >= OPTIONAL_ATTEMPTS:
+            _mark_unknown(s, key)
+            continue
+        return key
+    return None
+
+
+def _prompt(turn: _Turn) -> Turn:
+    """End the turn with the one thing we need next: a choice, a field, or confirmation."""
+    s = turn.state
+    if s.phase == "cancelling":
+        return turn.done()
+    if s.choice is not None:
+        options = [_display(turn.catalog, s.choice.field, o)["value"] for o in s.choice.options]
+        turn.say("choose", field=s.choice.field, options=options)
+        s.asking = s.choice.field
+        return turn.done()
+    key = _next_field(s)
+    if key is None:
+        s.phase, s.asking = "confirming", None
+        turn.say("summary", items=_summary(turn.catalog, s))
+        return turn.done()
+    s.phase = "collecting"
+    again = s.asking == key
+    s.attempts[key] = s.attempts.get(key, 0) + 1
+    s.asking = key
+    turn.say(f"ask/{key}", again=again, attempt=s.attempts[key])
+    return turn.done()
+
+
+def _open_case(turn: _Turn) -> Turn:
+    s = turn.state
+    fields = {key: from_state_value(key, s.fields.get(key)) for key in FIELD_KEYS}
+    fields["priority"] = s.priority
+    turn.effects.append(OpenCase(fields=fields, priority_reasons=list(s.priority_reasons)))
+    turn.say("case_opened", priority=s.priority, name=s.fields.get("name"))
+    turn.state = new_state(turn.now, greeted=True)
+    return turn.done()
+
+
+def _display(catalog: Catalog, key: str, value: Any) -> dict[str, Any]:
+    """A field as the customer reads it back; templates decide the wording around it."""
+    if key == "mall":
+        mall = catalog.mall(value)
+        shown: Any = mall.name if mall else value
+    else:
+        shown = value
+    return {"field": key, "value": shown}
+
+
+def _display_change(catalog: Catalog, change: dict[str, Any]) -> dict[str, Any]:
+    return {"field": change["field"], "old": _display(catalog, change["field"], change["old"])["value"],
+            "new": _display(catalog, change["field"], change["new"])["value"]}
+
+
+def _summary(catalog: Catalog, s: DialogState) -> list[dict[str, Any]]:
+    items = []
+    for key in FIELD_KEYS:
+        value = s.priority if key == "priority" else s.fields.get(key)
+        items.append({**_display(catalog, key, value), "unknown": key in s.unknown})
+    return items
+
+
+def public_fields(state: DialogState) -> dict[str, Any]:
+    """The fields collected so far, public keys and JSON values (for `kesu chat --jsonl`)."""
+    return to_public({**state.fields, "priority": state.priority})

@@ -1,0 +1,1 @@
+"""Channel adapters: platform payloads in, channel-neutral messages to the core, replies out."""

@@ -1,0 +1,1 @@
+"""Alembic migrations for the Kesu schema (run them with ``storage.db.upgrade_schema``)."""

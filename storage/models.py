@@ -1,0 +1,148 @@
+"""The schema. These SQLModel tables are the source of truth; Alembic migrations create them.
+
+The hot path does not use these classes as ORM objects: the repository runs SQLAlchemy Core
+statements on ``Model.__table__``. The classes still work with a Session for staff tools.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, Numeric, String, Table, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from storage.sqltypes import CleanString, CleanText, UTCDateTime, json_type, utcnow
+
+PUBLIC_FIELDS: tuple[str, ...] = (
+    "name",
+    "phone",
+    "city",
+    "mall",
+    "amount",
+    "purchase_date",
+    "brand",
+    "delivery_date",
+    "delivery_address",
+    "order_no",
+    "over_warranty",
+    "priority",
+    "description",
+    "expectation",
+)
+"""The product's public case field names (PRODUCT.md field table), in the script's order."""
+
+PRIORITIES: tuple[str, ...] = ("normal", "important", "major")
+
+
+class Conversation(SQLModel, table=True):
+    """One dialog per (channel, customer); ``version`` guards concurrent turns."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (UniqueConstraint("channel", "customer_id", name="uq_conversations_channel_customer"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(sa_type=String, nullable=False)
+    customer_id: str = Field(sa_type=String, nullable=False)
+    state: dict[str, Any] = Field(default_factory=dict, sa_type=json_type(), nullable=False)
+    version: int = Field(default=1, sa_type=Integer, nullable=False)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class Message(SQLModel, table=True):
+    """Every inbound and outbound text; (channel, channel_message_id) deduplicates platform retries."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("channel", "channel_message_id", name="uq_messages_channel_message_id"),
+        Index("ix_messages_channel_customer_id", "channel", "customer_id", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(sa_type=String, nullable=False)
+    customer_id: str = Field(sa_type=String, nullable=False)
+    direction: str = Field(sa_type=String(3), nullable=False)  # "in" | "out"
+    text: str = Field(sa_type=CleanText, nullable=False)
+    channel_message_id: str | None = Field(default=None, sa_type=CleanString, nullable=True)
+    in_reply_to: int | None = Field(default=None, sa_type=Integer, nullable=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class Case(SQLModel, table=True):
+    """A complaint: the public fields plus the transcript it was taken from."""
+
+    __tablename__ = "cases"
+    __table_args__ = (
+        UniqueConstraint("number", name="uq_cases_number"),
+        Index("ix_cases_created_at", "created_at"),
+        Index("ix_cases_mall_created_at", "mall", "created_at"),
+        Index("ix_cases_customer", "channel", "customer_id", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    number: str = Field(sa_type=String(20), nullable=False)
+    status: str = Field(default="new", sa_type=String(32), nullable=False)
+    channel: str = Field(sa_type=String, nullable=False)
+    customer_id: str = Field(sa_type=String, nullable=False)
+    conversation_id: int = Field(sa_type=Integer, nullable=False)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+    name: str | None = Field(default=None, sa_type=CleanString, nullable=True)
+    phone: str | None = Field(default=None, sa_type=CleanString, nullable=True)
+    city: str | None = Field(default=None, sa_type=CleanString, nullable=True)
+    mall: str | None = Field(default=None, sa_type=CleanString, nullable=True)
+    amount: Decimal | None = Field(default=None, sa_type=Numeric(12, 2), nullable=True)
+    purchase_date: date | None = Field(default=None, sa_type=Date, nullable=True)
+    brand: str | None = Field(default=None, sa_type=CleanString, nullable=True)
+    delivery_date: date | None = Field(default=None, sa_type=Date, nullable=True)
+    delivery_address: str | None = Field(default=None, sa_type=CleanText, nullable=True)
+    order_no: str | None = Field(default=None, sa_type=CleanText, nullable=True)
+    over_warranty: bool | None = Field(default=None, sa_type=Boolean, nullable=True)
+    priority: str = Field(default="normal", sa_type=String(16), nullable=False)
+    description: str | None = Field(default=None, sa_type=CleanText, nullable=True)
+    expectation: list[str] = Field(default_factory=list, sa_type=json_type(), nullable=False)
+    transcript: list[dict[str, str]] = Field(default_factory=list, sa_type=json_type(), nullable=False)
+
+
+class CaseEvent(SQLModel, table=True):
+    """The case timeline (opened, field changes, claims, …): append-only."""
+
+    __tablename__ = "case_events"
+    __table_args__ = (Index("ix_case_events_case_id", "case_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(
+        sa_type=Integer,
+        sa_column_args=[ForeignKey("cases.id", name="fk_case_events_case_id", ondelete="CASCADE")],
+        nullable=False,
+    )
+    kind: str = Field(sa_type=String(64), nullable=False)
+    actor: str = Field(sa_type=String, nullable=False)
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=json_type(), nullable=False)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class CaseCounter(SQLModel, table=True):
+    """Last case counter handed out per Shanghai day ("YYMMDD"); upserted atomically."""
+
+    __tablename__ = "case_counters"
+
+    day: str = Field(sa_type=String(6), primary_key=True)
+    last_value: int = Field(default=0, sa_type=Integer, nullable=False)
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core ``Table`` of a model, typed (``__table__`` is untyped on SQLModel classes)."""
+    table = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(table, Table)
+    return table
+
+
+conversations = table_of(Conversation)
+messages = table_of(Message)
+cases = table_of(Case)
+case_events = table_of(CaseEvent)
+case_counters = table_of(CaseCounter)

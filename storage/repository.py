@@ -1,0 +1,566 @@
+"""The small storage interface the rest of Kesu uses.
+
+One chat turn is one ``UnitOfWork``: record the inbound message, save the dialog state,
+record the replies and sometimes open a case, all in one transaction. The hot path runs
+prebuilt SQLAlchemy Core statements on the SQLModel tables (the ORM costs ~3x per insert)
+and hands back frozen dataclasses, never ORM objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Engine, RowMapping, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import Executable
+
+from storage.case_numbers import format_case_number, normalize_case_number
+from storage.db import BEGIN_OPTION, make_engine, upgrade_schema
+from storage.models import (
+    PRIORITIES,
+    PUBLIC_FIELDS,
+    case_counters,
+    case_events,
+    cases,
+    conversations,
+    messages,
+)
+from storage.sqltypes import as_utc
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+"""Case numbers carry the day of opening as the customer sees it."""
+
+_CENT = Decimal("0.01")
+_MAX_AMOUNT = Decimal("1e10")  # Numeric(12, 2)
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class ConversationRecord:
+    """A dialog's saved state; pass ``version`` back as ``expected_version`` when saving."""
+
+    id: int
+    channel: str
+    customer_id: str
+    state: dict[str, Any]
+    version: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """One stored message; ``direction`` is "in" (customer) or "out" (Kesu)."""
+
+    id: int
+    channel: str
+    customer_id: str
+    direction: str
+    text: str
+    channel_message_id: str | None
+    in_reply_to: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class CaseDraft:
+    """What the dialog collected, ready to become a case. Missing field keys mean None."""
+
+    channel: str
+    customer_id: str
+    conversation_id: int
+    fields: dict[str, Any]
+    transcript: list[dict[str, str]]
+    opened_at: datetime
+
+
+@dataclass(frozen=True)
+class CaseEventRecord:
+    """One entry of a case's timeline."""
+
+    kind: str
+    actor: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """A stored case; ``fields`` has all public keys with Python types (Decimal, date, bool, list)."""
+
+    id: int
+    number: str
+    status: str
+    channel: str
+    customer_id: str
+    conversation_id: int
+    created_at: datetime
+    updated_at: datetime
+    fields: dict[str, Any] = field(default_factory=dict)
+    transcript: list[dict[str, str]] = field(default_factory=list)
+
+    def public_dict(self) -> dict[str, Any]:
+        """JSON-ready view with the product's public keys, for the CLI, exports and APIs."""
+        out: dict[str, Any] = {
+            "number": self.number,
+            "status": self.status,
+            "created_at": self.created_at.isoformat(),
+        }
+        for key in PUBLIC_FIELDS:
+            out[key] = _json_value(self.fields.get(key))
+        return out
+
+
+class StaleConversation(Exception):
+    """Another turn saved this conversation first; the caller reloads and retries."""
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
+def _to_amount(value: Any) -> Decimal | None:
+    """Yuan as Decimal with cents; floats go through str() so 3500.5 stays 3500.50."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | float | str):
+        raise ValueError(f"amount must be a number, got {value!r}")
+    try:
+        amount = Decimal(str(value)).quantize(_CENT, rounding=ROUND_HALF_UP)
+    except InvalidOperation as exc:
+        raise ValueError(f"amount must be a number, got {value!r}") from exc
+    if not amount.is_finite() or abs(amount) >= _MAX_AMOUNT:
+        raise ValueError(f"amount out of range: {value!r}")
+    return amount
+
+
+def _to_date(value: Any) -> date | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        return date.fromisoformat(value)
+    raise ValueError(f"expected a date, got {value!r}")
+
+
+def _case_field_values(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a draft's fields into column values; unknown keys are a caller bug, not data to drop."""
+    unknown = set(fields) - set(PUBLIC_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown case fields: {sorted(unknown)}")
+    values = {key: fields.get(key) for key in PUBLIC_FIELDS}
+    values["amount"] = _to_amount(values["amount"])
+    values["purchase_date"] = _to_date(values["purchase_date"])
+    values["delivery_date"] = _to_date(values["delivery_date"])
+    values["priority"] = values["priority"] or "normal"
+    if values["priority"] not in PRIORITIES:
+        raise ValueError(f"priority must be one of {PRIORITIES}, got {values['priority']!r}")
+    values["expectation"] = [str(item) for item in values["expectation"] or []]
+    return values
+
+
+def _conversation_record(row: RowMapping) -> ConversationRecord:
+    return ConversationRecord(
+        id=row["id"],
+        channel=row["channel"],
+        customer_id=row["customer_id"],
+        state=row["state"],
+        version=row["version"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _message_record(row: RowMapping) -> MessageRecord:
+    return MessageRecord(
+        id=row["id"],
+        channel=row["channel"],
+        customer_id=row["customer_id"],
+        direction=row["direction"],
+        text=row["text"],
+        channel_message_id=row["channel_message_id"],
+        in_reply_to=row["in_reply_to"],
+        created_at=row["created_at"],
+    )
+
+
+def _case_record(row: RowMapping) -> CaseRecord:
+    return CaseRecord(
+        id=row["id"],
+        number=row["number"],
+        status=row["status"],
+        channel=row["channel"],
+        customer_id=row["customer_id"],
+        conversation_id=row["conversation_id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        fields={key: row[key] for key in PUBLIC_FIELDS},
+        transcript=row["transcript"],
+    )
+
+
+def _event_record(row: RowMapping) -> CaseEventRecord:
+    return CaseEventRecord(
+        kind=row["kind"], actor=row["actor"], data=row["data"], created_at=row["created_at"]
+    )
+
+
+def shanghai_day(moment: datetime) -> date:
+    """The calendar day in Asia/Shanghai: 16:00 UTC is already tomorrow there."""
+    return as_utc(moment).astimezone(SHANGHAI).date()
+
+
+# --------------------------------------------------------------------------- statements
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """Hot-path statements built once per dialect (their compiled form and cache key are reused)."""
+
+    load_conversation: Executable
+    insert_inbound: Executable
+    insert_outbound: Executable
+    insert_conversation: Executable
+    update_conversation: Executable
+    next_counter: Executable
+    insert_case: Executable
+    insert_event: Executable
+    find_inbound: Executable
+    replies_after: Executable
+
+
+@cache
+def _statements(dialect_name: str) -> _Statements:
+    upsert: Callable[..., postgresql.Insert | sqlite.Insert]
+    if dialect_name == "postgresql":
+        upsert = postgresql.insert
+    elif dialect_name == "sqlite":
+        upsert = sqlite.insert
+    else:
+        raise NotImplementedError(f"unsupported database dialect: {dialect_name}")
+    m, c = messages.c, conversations.c
+    return _Statements(
+        load_conversation=select(conversations).where(
+            c.channel == bindparam("channel"), c.customer_id == bindparam("customer_id")
+        ),
+        insert_inbound=upsert(messages)
+        .on_conflict_do_nothing(index_elements=[m.channel, m.channel_message_id])
+        .returning(m.id),
+        insert_outbound=insert(messages),
+        insert_conversation=upsert(conversations)
+        .on_conflict_do_nothing(index_elements=[c.channel, c.customer_id])
+        .returning(c.id),
+        update_conversation=update(conversations)
+        .where(
+            c.channel == bindparam("w_channel"),
+            c.customer_id == bindparam("w_customer_id"),
+            c.version == bindparam("w_version"),
+        )
+        .values(
+            state=bindparam("state", type_=c.state.type),
+            updated_at=bindparam("updated_at", type_=c.updated_at.type),
+            version=c.version + 1,
+        )
+        .returning(c.id, c.version),
+        next_counter=upsert(case_counters)
+        .on_conflict_do_update(
+            index_elements=[case_counters.c.day],
+            set_={"last_value": case_counters.c.last_value + 1},
+        )
+        .returning(case_counters.c.last_value),
+        insert_case=insert(cases).returning(cases.c.id),
+        insert_event=insert(case_events),
+        find_inbound=select(m.id, m.customer_id).where(
+            m.channel == bindparam("channel"),
+            m.channel_message_id == bindparam("channel_message_id"),
+            m.direction == "in",
+        ),
+        replies_after=select(m.text)
+        .where(
+            m.channel == bindparam("channel"),
+            m.customer_id == bindparam("customer_id"),
+            m.id > bindparam("inbound_id"),
+            m.in_reply_to == bindparam("inbound_id"),
+            m.direction == "out",
+        )
+        .order_by(m.id),
+    )
+
+
+# --------------------------------------------------------------------------- unit of work
+
+
+class UnitOfWork:
+    """One transaction (one chat turn). Obtain it from ``Store.unit_of_work()``."""
+
+    def __init__(self, connection: Connection, statements: _Statements) -> None:
+        self._conn = connection
+        self._sql = statements
+
+    def record_inbound(
+        self, *, channel: str, customer_id: str, text: str, at: datetime, channel_message_id: str | None
+    ) -> int | None:
+        """Store a customer message; None means the platform retried one we already have."""
+        params = {
+            "channel": channel,
+            "customer_id": customer_id,
+            "direction": "in",
+            "text": text,
+            "channel_message_id": channel_message_id,
+            "in_reply_to": None,
+            "created_at": as_utc(at),
+        }
+        new_id: int | None = self._conn.execute(self._sql.insert_inbound, params).scalar_one_or_none()
+        return new_id
+
+    def save_conversation(
+        self,
+        *,
+        channel: str,
+        customer_id: str,
+        state: dict[str, Any],
+        expected_version: int | None,
+        at: datetime,
+    ) -> ConversationRecord:
+        """Insert (expected_version None) or compare-and-swap update; a lost race raises StaleConversation."""
+        at = as_utc(at)
+        if expected_version is None:
+            params = {
+                "channel": channel,
+                "customer_id": customer_id,
+                "state": state,
+                "version": 1,
+                "created_at": at,
+                "updated_at": at,
+            }
+            row_id = self._conn.execute(self._sql.insert_conversation, params).scalar_one_or_none()
+            if row_id is None:
+                raise StaleConversation(f"conversation {channel}/{customer_id} already exists")
+            version = 1
+        else:
+            params = {
+                "w_channel": channel,
+                "w_customer_id": customer_id,
+                "w_version": expected_version,
+                "state": state,
+                "updated_at": at,
+            }
+            found = self._conn.execute(self._sql.update_conversation, params).first()
+            if found is None:
+                raise StaleConversation(f"conversation {channel}/{customer_id} is past v{expected_version}")
+            row_id, version = found
+        return ConversationRecord(
+            id=row_id, channel=channel, customer_id=customer_id, state=state, version=version, updated_at=at
+        )
+
+    def record_outbound(
+        self, *, channel: str, customer_id: str, texts: list[str], in_reply_to: int | None, at: datetime
+    ) -> None:
+        """Store Kesu's replies in order, linked to the inbound message they answer (for retries)."""
+        if not texts:
+            return
+        at = as_utc(at)
+        rows = [
+            {
+                "channel": channel,
+                "customer_id": customer_id,
+                "direction": "out",
+                "text": text,
+                "channel_message_id": None,
+                "in_reply_to": in_reply_to,
+                "created_at": at,
+            }
+            for text in texts
+        ]
+        self._conn.execute(self._sql.insert_outbound, rows)
+
+    def open_case(self, draft: CaseDraft) -> CaseRecord:
+        """Allocate the next number of the Shanghai day atomically, insert the case and its "opened" event."""
+        values = _case_field_values(draft.fields)
+        opened_at = as_utc(draft.opened_at)
+        day = shanghai_day(opened_at)
+        counter: int = self._conn.execute(
+            self._sql.next_counter, {"day": f"{day:%y%m%d}", "last_value": 1}
+        ).scalar_one()
+        number = format_case_number(day, counter)
+        transcript = [dict(turn) for turn in draft.transcript]
+        case_id: int = self._conn.execute(
+            self._sql.insert_case,
+            {
+                "number": number,
+                "status": "new",
+                "channel": draft.channel,
+                "customer_id": draft.customer_id,
+                "conversation_id": draft.conversation_id,
+                "created_at": opened_at,
+                "updated_at": opened_at,
+                **values,
+                "transcript": transcript,
+            },
+        ).scalar_one()
+        self.add_case_event(
+            case_id=case_id, kind="opened", actor="customer", data={"channel": draft.channel}, at=opened_at
+        )
+        return CaseRecord(
+            id=case_id,
+            number=number,
+            status="new",
+            channel=draft.channel,
+            customer_id=draft.customer_id,
+            conversation_id=draft.conversation_id,
+            created_at=opened_at,
+            updated_at=opened_at,
+            fields=values,
+            transcript=transcript,
+        )
+
+    def add_case_event(
+        self, *, case_id: int, kind: str, actor: str, data: dict[str, Any], at: datetime
+    ) -> None:
+        """Append to a case's timeline (the history a hand-over must keep)."""
+        params = {"case_id": case_id, "kind": kind, "actor": actor, "data": data, "created_at": as_utc(at)}
+        self._conn.execute(self._sql.insert_event, params)
+
+
+# --------------------------------------------------------------------------- store
+
+
+class Store:
+    """Entry point: reads on short snapshot connections, writes through ``unit_of_work()``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._reader = engine.execution_options(**{BEGIN_OPTION: "DEFERRED"})  # SQLite: no write lock
+        self._sql = _statements(engine.dialect.name)
+
+    @classmethod
+    def from_url(cls, url: str, *, migrate: bool = True) -> Store:
+        """Engine for ``url``, schema brought up to date unless ``migrate`` is False."""
+        engine = make_engine(url)
+        if migrate:
+            upgrade_schema(engine)
+        return cls(engine)
+
+    @property
+    def engine(self) -> Engine:
+        """The underlying engine, for tools that need more than this interface."""
+        return self._engine
+
+    def unit_of_work(self) -> AbstractContextManager[UnitOfWork]:
+        """One transaction: commits on normal exit, rolls back if the block raises."""
+        return self._transaction()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[UnitOfWork]:
+        with self._engine.begin() as connection:
+            yield UnitOfWork(connection, self._sql)
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._reader.connect() as connection:
+            yield connection
+
+    def load_conversation(self, channel: str, customer_id: str) -> ConversationRecord | None:
+        """The dialog state to continue from, or None for a first-time customer."""
+        with self._read() as conn:
+            params = {"channel": channel, "customer_id": customer_id}
+            row = conn.execute(self._sql.load_conversation, params).mappings().first()
+        return None if row is None else _conversation_record(row)
+
+    def replies_for(self, channel: str, channel_message_id: str) -> list[str] | None:
+        """What we answered to an inbound message, so a platform retry gets the same answer."""
+        with self._read() as conn:
+            params = {"channel": channel, "channel_message_id": channel_message_id}
+            inbound = conn.execute(self._sql.find_inbound, params).first()
+            if inbound is None:
+                return None
+            inbound_id, customer_id = inbound
+            params = {"channel": channel, "customer_id": customer_id, "inbound_id": inbound_id}
+            return list(conn.execute(self._sql.replies_after, params).scalars())
+
+    def get_case(self, number: str) -> CaseRecord | None:
+        """Look a case up by what a customer or staff member typed; a wrong check digit finds nothing."""
+        canonical = normalize_case_number(number)
+        if canonical is None:
+            return None
+        with self._read() as conn:
+            row = conn.execute(select(cases).where(cases.c.number == canonical)).mappings().first()
+        return None if row is None else _case_record(row)
+
+    def get_case_events(self, case_id: int) -> list[CaseEventRecord]:
+        """A case's timeline, oldest first."""
+        query = select(case_events).where(case_events.c.case_id == case_id).order_by(case_events.c.id)
+        with self._read() as conn:
+            return [_event_record(row) for row in conn.execute(query).mappings()]
+
+    def list_cases(self, *, limit: int = 50, offset: int = 0, mall: str | None = None) -> list[CaseRecord]:
+        """Staff listing, newest first, optionally for one mall."""
+        query = (
+            select(cases).order_by(cases.c.created_at.desc(), cases.c.id.desc()).limit(limit).offset(offset)
+        )
+        if mall is not None:
+            query = query.where(cases.c.mall == mall)
+        return self._cases(query)
+
+    def cases_for_customer(self, channel: str, customer_id: str) -> list[CaseRecord]:
+        """A customer's own cases, newest first (never anyone else's: privacy)."""
+        query = (
+            select(cases)
+            .where(cases.c.channel == channel, cases.c.customer_id == customer_id)
+            .order_by(cases.c.created_at.desc(), cases.c.id.desc())
+        )
+        return self._cases(query)
+
+    def messages(self, channel: str, customer_id: str, *, limit: int = 200) -> list[MessageRecord]:
+        """The newest ``limit`` messages of a customer, oldest first (for transcripts and staff)."""
+        query = (
+            select(messages)
+            .where(messages.c.channel == channel, messages.c.customer_id == customer_id)
+            .order_by(messages.c.id.desc())
+            .limit(limit)
+        )
+        with self._read() as conn:
+            rows = [_message_record(row) for row in conn.execute(query).mappings()]
+        rows.reverse()
+        return rows
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self._engine.dispose()
+
+    def _cases(self, query: Executable) -> list[CaseRecord]:
+        with self._read() as conn:
+            return [_case_record(row) for row in conn.execute(query).mappings()]
+
+
+__all__ = [
+    "CaseDraft",
+    "CaseEventRecord",
+    "CaseRecord",
+    "ConversationRecord",
+    "MessageRecord",
+    "StaleConversation",
+    "Store",
+    "UnitOfWork",
+    "shanghai_day",
+]
