@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from dialogs.catalog import load_catalog
-from storage.repository import Store
-
 from bot.config import Settings
 from bot.service import IntakeService
 from bot.templating import Renderer
+from dialogs.catalog import load_catalog
+from storage.repository import Store
 
 
 def build_renderer(settings: Settings) -> Renderer:

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from bot.templating import Renderer
 from dialogs.catalog import Catalog
 from dialogs.engine import DialogState, LookUpCases, OpenCase, Turn, new_state, step
 from storage.case_numbers import find_case_number
 from storage.repository import CaseDraft, CaseRecord, ConversationRecord, StaleConversation, Store, UnitOfWork
-
-from bot.templating import Renderer
 
 # Two turns of one customer racing each other: the loser reloads the winner's state and redoes
 # its turn. More than a handful of rounds means something is wrong, not busy.

@@ -28,7 +28,7 @@ from dialogs.intents import Intent, classify
 RESUME_AFTER = timedelta(hours=6)
 # Optional fields are asked once, plus one clarification when the answer could not be used.
 OPTIONAL_ATTEMPTS = 2
-_CORRECTION = re.compile(r"不对|错了|打错|写错|说错|改成|改为|更正|应该是|改一下|换成|不是")
+_CORRECTION = re.compile(r"不对|错了|有错|打错|写错|说错|改成|改为|更正|应该是|改一下|换成|不是|修改|更改")
 _FREE_BRAND = re.compile(r"^[\u4e00-\u9fffA-Za-z0-9 &·.-]{2,16}$")
 _BRAND_FILLER = re.compile(r"^(?:是|买的是|品牌是|牌子是|就是)|(?:的|牌|牌子|品牌|家的|吧|啊)$")
 _ORDINALS = {"一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5}
@@ -293,7 +293,7 @@ def _merge(turn: _Turn, text: str, found: Extraction) -> None:
         if key not in found.values and (key == s.asking or key in ("phone",)):
             s.attempts[key] = s.attempts.get(key, 0) + (0 if key == s.asking else 1)
             turn.say("invalid", field=key, reason=problem)
-    _derive(s, found)
+    _derive(s, found, turn.catalog)
     if changed:
         turn.say("corrected", changes=[_display_change(turn.catalog, c) for c in changed])
     shown = [k for k in added if k != s.asking and k not in ("city", "over_warranty")]
@@ -304,11 +304,10 @@ def _merge(turn: _Turn, text: str, found: Extraction) -> None:
         turn.say("empathy", priority=s.priority)
 
 
-def _derive(s: DialogState, found: Extraction) -> None:
-    if "mall" in s.fields:
-        mall_city = found.values.get("city") if "mall" in found.values else None
-        if mall_city:
-            s.fields["city"] = mall_city
+def _derive(s: DialogState, found: Extraction, catalog: Catalog) -> None:
+    mall = catalog.mall(s.fields["mall"]) if "mall" in s.fields else None
+    if mall is not None:
+        s.fields["city"] = mall.city
     if "over_warranty" not in s.stated:
         purchase = from_state_value("purchase_date", s.fields.get("purchase_date"))
         if found.purchase_years_ago is not None:

@@ -1,4 +1,3 @@
-# ruff: noqa: E501
 """Builds the evaluation JSONL files from the item sources beside this file.
 
     python evals/build_sets.py          # rewrites evals/*.jsonl, then runs the data check

@@ -64,13 +64,12 @@ def find_amounts(text: str, *, asked: bool) -> list[AmountFinding]:
         if _DEPOSIT_BEFORE.search(before) or _DIFFERENCE_BEFORE.search(before):
             continue
         clause_start, clause_end = clause_bounds(text, start)
-        alone = re.fullmatch(r"(?:是|就是|大概|大约|差不多|约)?\s*", text[clause_start:start]) is not None and \
-            re.fullmatch(r"\s*(?:的|吧|啊|呀|哈|左右)?\s*", text[end:clause_end]) is not None
+        alone = (re.fullmatch(r"(?:是|就是|大概|大约|差不多|约)?\s*", text[clause_start:start]) is not None
+                 and re.fullmatch(r"\s*(?:的|吧|啊|呀|哈|左右)?\s*", text[end:clause_end]) is not None)
         has_unit = bool(unit or currency or re.search(r"[万千kKwW]", number) or (chinese and value >= 100))
         strong = has_unit or bool(_MONEY_BEFORE.search(before))
-        if not strong:
-            if _YEAR_LIKE.fullmatch(number) or not (alone or asked) or value < (1 if asked else 100):
-                continue
+        if not strong and (_YEAR_LIKE.fullmatch(number) or not (alone or asked) or value < (1 if asked else 100)):
+            continue
         vague = _VAGUE_AFTER.match(after) is not None
         found.append(AmountFinding(
             value=None if vague else value, problem="vague" if vague else None, strong=strong or alone,

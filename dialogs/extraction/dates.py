@@ -111,13 +111,13 @@ def _resolve(kind: str, match: re.Match[str], today: date, future_tense: bool) -
             value -= timedelta(days=7)  # "周六送的" said on a Wednesday is last Saturday
         return value, None
     if kind == "holiday":
-        month, day = _HOLIDAYS[match["h"].removesuffix("节") if match["h"] == "国庆节" else match["h"]]
+        month, day = _HOLIDAYS[match["h"]]
         year = _year_of(match, today)
         if year is None:
             year = today.year if (month, day) <= (today.month, today.day) else today.year - 1
         return date(year, month, day), None
-    day = _int(match["d"])
-    if day is None:
+    day_of_month = _int(match["d"])
+    if day_of_month is None:
         return None, "impossible"
     if kind == "month_day":
         year, month = _shift_month(today, _REL_MONTH[match["rm"]])
@@ -127,13 +127,13 @@ def _resolve(kind: str, match: re.Match[str], today: date, future_tense: bool) -
         month = _int(match["m"]) or 0
         explicit_year = _year_of(match, today)
         year = explicit_year if explicit_year is not None else today.year
-        value = _safe_date(year, month, day)
-        if value is not None and explicit_year is None and value > today and not future_tense:
-            return _safe_date(year - 1, month, day), None  # a yearless future date means last year
-        if value is None and explicit_year is None and month == 2 and day == 29:
-            return _safe_date(year - 1, month, day), None
-    value = _safe_date(year, month, day)
-    return (value, None) if value else (None, "impossible")
+        this_year = _safe_date(year, month, day_of_month)
+        yearless_future = this_year is not None and this_year > today and not future_tense
+        # A yearless date still to come this year means last year's (and 2月29 the last leap day's).
+        if explicit_year is None and (yearless_future or (this_year is None and (month, day_of_month) == (2, 29))):
+            year -= 1
+    resolved = _safe_date(year, month, day_of_month)
+    return (resolved, None) if resolved else (None, "impossible")
 
 
 def _role(text: str, start: int, end: int) -> str | None:

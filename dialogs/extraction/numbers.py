@@ -79,8 +79,8 @@ def parse_number(token: str) -> Decimal | None:
         return value
     if re.fullmatch(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?", token):
         return to_decimal(token)
-    value = parse_cn_integer(token)
-    return None if value is None else Decimal(value)
+    integer = parse_cn_integer(token)
+    return None if integer is None else Decimal(integer)
 
 
 def as_json_number(value: Decimal) -> int | float:

@@ -10,12 +10,7 @@ from dialogs.extraction.text import CLAUSE_SPLIT
 
 # Major cities beyond the catalog's own, so a stated city can pick between malls sharing an alias
 # and an address can imply its city.
-BUILTIN_CITIES = (
-    "北京 上海 天津 重庆 广州 深圳 杭州 南京 苏州 无锡 常州 宁波 温州 合肥 武汉 长沙 成都 西安 郑州 济南 青岛 沈阳 大连"
-    " 哈尔滨 长春 石家庄 太原 呼和浩特 南昌 福州 厦门 南宁 昆明 贵阳 兰州 西宁 银川 乌鲁木齐 拉萨 海口 三亚 东莞 佛山"
-    " 珠海 中山 惠州 泉州 徐州 南通 扬州 嘉兴 绍兴 金华 台州 湖州 烟台 潍坊 临沂 洛阳 宜昌 襄阳 株洲 岳阳 绵阳 柳州"
-    " 桂林 赣州 芜湖 保定 唐山 廊坊 邯郸"
-).split()
+BUILTIN_CITIES = ["北京", "上海", "天津", "重庆", "广州", "深圳", "杭州", "南京", "苏州", "无锡", "常州", "宁波", "温州", "合肥", "武汉", "长沙", "成都", "西安", "郑州", "济南", "青岛", "沈阳", "大连", "哈尔滨", "长春", "石家庄", "太原", "呼和浩特", "南昌", "福州", "厦门", "南宁", "昆明", "贵阳", "兰州", "西宁", "银川", "乌鲁木齐", "拉萨", "海口", "三亚", "东莞", "佛山", "珠海", "中山", "惠州", "泉州", "徐州", "南通", "扬州", "嘉兴", "绍兴", "金华", "台州", "湖州", "烟台", "潍坊", "临沂", "洛阳", "宜昌", "襄阳", "株洲", "岳阳", "绵阳", "柳州", "桂林", "赣州", "芜湖", "保定", "唐山", "廊坊", "邯郸"]
 # "南京路" is a street in Shanghai and "中山公园" a park: a city name followed by these is not the city.
 _NOT_CITY_AFTER = re.compile(r"[东西南北中]?(?:路|街|大道|大街|公园|大学|医院|广场|桥|站|巷|里)")
 _ADDRESS_MARKERS = re.compile(r"省|市|区|县|镇|乡|街道|路|街|道|巷|弄|号|小区|花园|苑|公寓|大厦|栋|幢|单元|室|村|组|楼|府|城|湾|庭|园")
@@ -43,7 +38,7 @@ def find_cities(text: str, known: tuple[str, ...]) -> list[CityFinding]:
 
 
 def looks_like_address(text: str) -> bool:
-    return len(text) >= 4 and len(_ADDRESS_MARKERS.findall(text)) >= 2 or bool(
+    return (len(text) >= 4 and len(_ADDRESS_MARKERS.findall(text)) >= 2) or bool(
         re.search(r"\d+\s*(?:号|弄|栋|幢|室|单元|楼)", text) and _ADDRESS_MARKERS.search(text))
 
 
