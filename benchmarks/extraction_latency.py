@@ -182,24 +182,23 @@ def _run_python(code: str, *extra: str, env: dict[str, str] | None = None) -> tu
 
 
 def import_cost(repeats: int) -> tuple[float, float, float, list[tuple[float, str]]]:
-    """(bare interpreter ms, import wall ms, -X importtime cumulative ms, slowest modules) — medians."""
+    """(bare interpreter ms, import wall ms, -X importtime cumulative ms, modules by own time) — medians."""
     bare = statistics.median(_run_python("pass")[0] for _ in range(repeats))
     wall = statistics.median(_run_python("import dialogs.extraction")[0] for _ in range(repeats))
     cumulative: list[float] = []
-    modules: dict[str, float] = {}
+    own: dict[str, list[float]] = {}
     for _ in range(repeats):
         _, report = _run_python("import dialogs.extraction", "-X", "importtime")
         for line in report.splitlines():
-            match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
+            match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|\s*(\S+)", line)
             if match is None:
                 continue
-            name, total_us = match[4], int(match[2])
+            name, self_us, total_us = match[3], int(match[1]), int(match[2])
             if name == "dialogs.extraction":
                 cumulative.append(total_us / 1000)
-            if len(match[3]) <= 3:  # top-level imports only (direct children of the root)
-                modules[name] = max(modules.get(name, 0.0), total_us / 1000)
-    slowest = sorted(((ms, name) for name, ms in modules.items()), reverse=True)[:6]
-    return bare, wall - bare, statistics.median(cumulative) if cumulative else math.nan, slowest
+            own.setdefault(name, []).append(self_us / 1000)
+    heaviest = sorted(((statistics.median(ms), name) for name, ms in own.items()), reverse=True)[:8]
+    return bare, wall - bare, statistics.median(cumulative) if cumulative else math.nan, heaviest
 
 
 def _fmt_row(label: str, values_ns: list[int]) -> str:
@@ -288,7 +287,7 @@ def main() -> None:
     print(f"  bare interpreter start:           {bare:7.1f} ms")
     print(f"  wall time minus bare start:       {wall:7.1f} ms")
     print(f"  -X importtime, cumulative:        {cumulative:7.1f} ms")
-    print("  heaviest top-level imports (-X importtime cumulative, max over runs):")
+    print("  modules with the most own import time (-X importtime self, median):")
     for ms, name in slowest:
         print(f"    {ms:7.1f} ms  {name}")
 
