@@ -29,6 +29,7 @@ import argparse
 import cProfile
 import io
 import math
+import os
 import pstats
 import random
 import re
@@ -210,6 +211,12 @@ def _fmt_row(label: str, values_ns: list[int]) -> str:
 # ------------------------------------------------------------------------------------ main
 
 
+def machine_line() -> str:
+    """CPU count and load: other processes on the box skew every figure below."""
+    one, five, _ = os.getloadavg()
+    return f"machine: {os.cpu_count()} CPUs, load average {one:.2f} (1 min) {five:.2f} (5 min) at start"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -256,6 +263,7 @@ def main() -> None:
 
     lengths = {kind: [len(m.text) for m in corpus if m.kind == kind] for kind in KINDS}
     print("Kesu extraction latency: dialogs.extraction.extract()")
+    print(machine_line())
     print(f"python {sys.version.split()[0]}, clock {NOW.isoformat()}, seed {args.seed}, "
           f"MAX_EXTRACT_CHARS={MAX_EXTRACT_CHARS}")
     print(f"corpus: {len(corpus)} messages, {args.passes} timed passes after 1 warm-up pass "

@@ -94,7 +94,7 @@ def cases_list(
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines with the public field keys.")] = False,
 ) -> None:
-    """Newest cases first, phones masked."""
+    """Newest cases first; the table masks phones, --json gives the full record."""
     from bot.app import build_renderer, build_store
     from dialogs.catalog import load_catalog
 

@@ -57,7 +57,7 @@ class IntakeService:
 
     def handle(self, message: InboundMessage) -> TurnOutcome:
         if message.message_id is not None:
-            earlier = self.store.replies_for(message.channel, message.message_id)
+            earlier = self.store.replies_for(message.channel, message.customer_id, message.message_id)
             if earlier is not None:
                 return self._duplicate(message, earlier)
         now = message.at or self.clock()
@@ -70,7 +70,8 @@ class IntakeService:
             except StaleConversation:
                 continue
             except _AlreadyProcessed:
-                return self._duplicate(message, self.store.replies_for(message.channel, message.message_id or "") or [])
+                earlier = self.store.replies_for(message.channel, message.customer_id, message.message_id or "")
+                return self._duplicate(message, earlier or [])
         raise RuntimeError(f"conversation {message.channel}/{message.customer_id} kept changing under this turn")
 
     def _duplicate(self, message: InboundMessage, replies: list[str]) -> TurnOutcome:
@@ -85,8 +86,14 @@ class IntakeService:
                                             text=message.text, at=now, channel_message_id=message.message_id)
             if inbound_id is None:
                 raise _AlreadyProcessed
+            state = turn.state
+            previous_start = DialogState.model_validate(record.state).transcript_from if record else None
+            if state.transcript_from is None and previous_start is None:
+                # The first message of a new intake; a turn that just reset the intake (case opened,
+                # cancelled, restarted) leaves it to the next message.
+                state = state.model_copy(update={"transcript_from": inbound_id})
             saved = uow.save_conversation(channel=message.channel, customer_id=message.customer_id,
-                                          state=turn.state.model_dump(mode="json"),
+                                          state=state.model_dump(mode="json"),
                                           expected_version=record.version if record else None, at=now)
             context: dict[str, Any] = {}
             case: CaseRecord | None = None
@@ -99,7 +106,7 @@ class IntakeService:
             texts = [self.renderer.render(reply.template, {**reply.context, **context}) for reply in turn.replies]
             uow.record_outbound(channel=message.channel, customer_id=message.customer_id, texts=texts,
                                 in_reply_to=inbound_id, at=now)
-        return TurnOutcome(texts, turn.state, case)
+        return TurnOutcome(texts, state, case)
 
     def _open_case(self, uow: UnitOfWork, message: InboundMessage, conversation_id: int, effect: OpenCase,
                    transcript: list[dict[str, str]], now: datetime) -> CaseRecord:
@@ -113,14 +120,14 @@ class IntakeService:
 
     def _transcript(self, message: InboundMessage, record: ConversationRecord | None,
                     now: datetime) -> list[dict[str, str]]:
-        """This intake's messages, from its start to the confirming message."""
-        started = DialogState.model_validate(record.state).started_at if record else None
+        """This intake's messages, from its first message to the confirming one."""
+        first = DialogState.model_validate(record.state).transcript_from if record else None
         lines = [
             {"role": "customer" if m.direction == "in" else "kesu", "text": m.text, "at": m.created_at.isoformat()}
             for m in self.store.messages(message.channel, message.customer_id, limit=500)
-            if started is None or m.created_at >= started
+            if first is None or m.id >= first
         ]
-        lines.append({"role": "customer", "text": message.text, "at": now.isoformat()})
+        lines.append({"role": "customer", "text": message.text, "at": now.astimezone(UTC).isoformat()})
         return lines
 
     def _status_context(self, message: InboundMessage, effect: LookUpCases) -> dict[str, Any]:

@@ -40,12 +40,15 @@ def cn_date(value: date | datetime | str | None) -> str:
         return ""
     if isinstance(value, str):
         value = date.fromisoformat(value[:10])
+    elif isinstance(value, datetime) and value.tzinfo is not None:
+        value = value.astimezone(SHANGHAI)  # the day the customer lived it, not the UTC day
     return f"{value.year}年{value.month}月{value.day}日"
 
 
-def cn_time(value: datetime) -> str:
+def cn_time(value: datetime | str) -> str:
     """Staff read times in the mall's time zone."""
-    local = value.astimezone(SHANGHAI)
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    local = moment.astimezone(SHANGHAI)
     return f"{local:%Y-%m-%d %H:%M}"
 
 

@@ -53,11 +53,15 @@ class DialogState(BaseModel):
     priority: str = "normal"
     priority_reasons: list[str] = Field(default_factory=list)
     purchase_years_ago: int | None = None
+    recent_purchase: bool = False
     resume_phase: str | None = None
     greeted: bool = False
     empathized: bool = False
     started_at: datetime | None = None
     last_seen: datetime | None = None
+    # Id of the stored message this intake started with, set by the service: a case's transcript
+    # runs from there, never into the previous intake.
+    transcript_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -290,7 +294,7 @@ def _merge(turn: _Turn, text: str, found: Extraction) -> None:
         if key not in found.values:
             s.choice = PendingChoice(field=key, options=list(options))
     for key, problem in found.problems.items():
-        if key not in found.values and (key == s.asking or key in ("phone",)):
+        if key not in found.values and key not in s.unknown and (key == s.asking or key == "phone"):
             s.attempts[key] = s.attempts.get(key, 0) + (0 if key == s.asking else 1)
             turn.say("invalid", field=key, reason=problem)
     _derive(s, found, turn.catalog)
@@ -312,8 +316,11 @@ def _derive(s: DialogState, found: Extraction, catalog: Catalog) -> None:
         purchase = from_state_value("purchase_date", s.fields.get("purchase_date"))
         if found.purchase_years_ago is not None:
             s.purchase_years_ago = found.purchase_years_ago
+        s.recent_purchase = s.recent_purchase or found.recent_purchase
         today = s.last_seen.date() if s.last_seen else None
         derived = over_warranty_from(purchase, s.purchase_years_ago, today) if today else None
+        if derived is None and s.recent_purchase:
+            derived = False
         if derived is not None:
             s.fields["over_warranty"] = derived
     level = max(s.priority, found.priority, key=PRIORITY_ORDER.index)
@@ -330,7 +337,7 @@ def _next_field(s: DialogState) -> str | None:
         key = spec.key
         if key in s.fields or key in s.unknown:
             continue
-        if key == "over_warranty" and ("purchase_date" in s.fields or s.purchase_years_ago is not None):
+        if key == "over_warranty" and "purchase_date" in s.fields:
             continue
         if not spec.required and s.attempts.get(key, 0) >= OPTIONAL_ATTEMPTS:
             _mark_unknown(s, key)

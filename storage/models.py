@@ -52,11 +52,15 @@ class Conversation(SQLModel, table=True):
 
 
 class Message(SQLModel, table=True):
-    """Every inbound and outbound text; (channel, channel_message_id) deduplicates platform retries."""
+    """Every inbound and outbound text; (channel, customer_id, channel_message_id) deduplicates retries.
+
+    The customer is part of the key because platform message ids are only unique per chat
+    (Telegram numbers each chat's messages from 1): another customer's id must never match.
+    """
 
     __tablename__ = "messages"
     __table_args__ = (
-        UniqueConstraint("channel", "channel_message_id", name="uq_messages_channel_message_id"),
+        UniqueConstraint("channel", "customer_id", "channel_message_id", name="uq_messages_channel_message_id"),
         Index("ix_messages_channel_customer_id", "channel", "customer_id", "id"),
     )
 

@@ -264,7 +264,7 @@ def _statements(dialect_name: str) -> _Statements:
             c.channel == bindparam("channel"), c.customer_id == bindparam("customer_id")
         ),
         insert_inbound=upsert(messages)
-        .on_conflict_do_nothing(index_elements=[m.channel, m.channel_message_id])
+        .on_conflict_do_nothing(index_elements=[m.channel, m.customer_id, m.channel_message_id])
         .returning(m.id),
         insert_outbound=insert(messages),
         insert_conversation=upsert(conversations)
@@ -292,6 +292,7 @@ def _statements(dialect_name: str) -> _Statements:
         insert_event=insert(case_events),
         find_inbound=select(m.id, m.customer_id).where(
             m.channel == bindparam("channel"),
+            m.customer_id == bindparam("customer_id"),
             m.channel_message_id == bindparam("channel_message_id"),
             m.direction == "in",
         ),
@@ -487,10 +488,10 @@ class Store:
             row = conn.execute(self._sql.load_conversation, params).mappings().first()
         return None if row is None else _conversation_record(row)
 
-    def replies_for(self, channel: str, channel_message_id: str) -> list[str] | None:
-        """What we answered to an inbound message, so a platform retry gets the same answer."""
+    def replies_for(self, channel: str, customer_id: str, channel_message_id: str) -> list[str] | None:
+        """What we answered to this customer's inbound message, so a platform retry gets the same answer."""
         with self._read() as conn:
-            params = {"channel": channel, "channel_message_id": channel_message_id}
+            params = {"channel": channel, "customer_id": customer_id, "channel_message_id": channel_message_id}
             inbound = conn.execute(self._sql.find_inbound, params).first()
             if inbound is None:
                 return None

@@ -49,6 +49,7 @@ class Extraction:
     priority_reasons: list[str] = field(default_factory=list)
     purchase_years_ago: int | None = None
     warranty_stated: bool = False  # over_warranty said by the customer, not derived from a date
+    recent_purchase: bool = False  # "才半年", "不到两个月": no date, but within the warranty year
 
 
 def _mask(text: str, spans: list[tuple[int, int]]) -> str:
@@ -186,6 +187,9 @@ def extract(text: str, *, now: datetime, catalog: Catalog, asking: str | None = 
         out.warranty_stated = True
     else:
         derived = over_warranty_from(out.values.get("purchase_date"), out.purchase_years_ago, today)
+        if derived is None and wants.RECENT_PURCHASE.search(norm):
+            out.recent_purchase = True
+            derived = False
         if derived is not None:
             out.values["over_warranty"] = derived
 

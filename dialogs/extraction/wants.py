@@ -33,7 +33,8 @@ _EXPECTATION_ONLY = re.compile(r"^(?:我)?(?:要求|希望|想要|请|麻烦|必
 
 
 def find_expectations(text: str) -> list[str]:
-    codes: list[str] = []
+    """Expectation codes in the order the customer said them."""
+    positions: dict[str, int] = {}
     for code, pattern in _EXPECTATIONS:
         for match in pattern.finditer(text):
             before = text[max(0, match.start() - 6) : match.start()]
@@ -41,8 +42,9 @@ def find_expectations(text: str) -> list[str]:
                 continue
             if code == "repair" and match.group() == "修" and re.search(r"[维返装]$", before):
                 continue
-            codes.append(code)
+            positions[code] = match.start()
             break
+    codes = sorted(positions, key=positions.__getitem__)
     if "return" in codes and "refund" in codes and not re.search(r"退货", text):
         codes.remove("return")  # "全退了把钱还我" is one refund, not a return and a refund
     return codes
@@ -74,4 +76,9 @@ REFUSAL = re.compile(r"不告诉|不想说|不想给|凭什么|为什么要|干�
 YES = re.compile(r"^(?:是|是的|对|对的|嗯+|恩|好|好的|可以|行|没错|确认|确定|正确|没问题|ok|OK|Ok|yes|提交|确认提交|对头|没毛病)[。！!~～.]*$")
 NO = re.compile(r"^(?:不|不是|否|没有|不对|错了|不要|不用|算了|no|NO|No)[。！!~～.]*$")
 WARRANTY_OVER = re.compile(r"过保|过了保|超过了?保|超过了?一年|超保|保修期过了|保修已过|过了一年|超出保修|出了保修")
+# Spans that are no date but still put the purchase within the last year ("才半年", "不到两个月").
+RECENT_PURCHASE = re.compile(
+    r"(?:不到|才|刚|没到|不满|还不到)(?:[一两二三四五六七八九十几半\d]+个?(?:月|星期|礼拜|周|天)|半年|一年)"
+    r"|(?:[一两二三四五六七八九十几\d]+个?(?:月|星期|礼拜|天)|半年)(?:前|之前)?(?:买|才买|刚买|下单)"
+    r"|刚买|新买的|前几天")
 WARRANTY_WITHIN = re.compile(r"没过保|没有过保|没超|还在保|保修期内|在保修|不到一年|没到一年|保内|还没过保修|没出保")

@@ -65,7 +65,7 @@ def test_simultaneous_turns_opening_cases_get_unique_contiguous_numbers(store: S
     assert all(number.startswith("KS261122") for number in numbers)
     assert sorted(int(number[8:-1]) for number in numbers) == list(range(1, total + 1))
     assert len(store.list_cases(limit=total + 10)) == total
-    assert store.replies_for("tg", "c0-0") == [store.cases_for_customer("tg", "c0-0")[0].number]
+    assert store.replies_for("tg", "c0-0", "c0-0") == [store.cases_for_customer("tg", "c0-0")[0].number]
 
 
 def test_simultaneous_saves_of_one_conversation_let_exactly_one_win(store: Store) -> None:

@@ -147,9 +147,14 @@ def test_duplicate_inbound_is_detected_and_first_replies_are_kept(store: Store) 
             channel="wechat", customer_id="o-1", text="在吗", at=T0, channel_message_id="777"
         )
     assert again is None
-    assert store.replies_for("wechat", "777") == ["您好", "请问您贵姓？"]
-    assert store.replies_for("wechat", "never-seen") is None
-    assert store.replies_for("telegram", "777") is None
+    assert store.replies_for("wechat", "o-1", "777") == ["您好", "请问您贵姓？"]
+    assert store.replies_for("wechat", "o-1", "never-seen") is None
+    assert store.replies_for("telegram", "o-1", "777") is None
+    # Message ids are only unique per chat: another customer's "777" is a new message.
+    assert store.replies_for("wechat", "o-2", "777") is None
+    with store.unit_of_work() as uow:
+        other = uow.record_inbound(channel="wechat", customer_id="o-2", text="你好", at=T0, channel_message_id="777")
+    assert other is not None
     assert len(store.messages("wechat", "o-1")) == 3
 
 
@@ -163,9 +168,9 @@ def test_replies_only_for_their_inbound(store: Store) -> None:
         uow.record_outbound(channel="tg", customer_id="c", texts=["push"], in_reply_to=None, at=T0)
     with store.unit_of_work() as uow:
         uow.record_inbound(channel="tg", customer_id="c", text="3", at=T0, channel_message_id="c")
-    assert store.replies_for("tg", "a") == ["r1"]
-    assert store.replies_for("tg", "b") == ["r2a", "r2b"]
-    assert store.replies_for("tg", "c") == []
+    assert store.replies_for("tg", "c", "a") == ["r1"]
+    assert store.replies_for("tg", "c", "b") == ["r2a", "r2b"]
+    assert store.replies_for("tg", "c", "c") == []
 
 
 def test_inbound_without_platform_id_always_inserts(store: Store) -> None:
@@ -219,7 +224,7 @@ def test_rollback_on_exception_leaves_nothing(store: Store) -> None:
         uow.open_case(draft(customer="1", channel="tg"))
         raise RuntimeError("handler crashed")
     assert store.load_conversation("tg", "1") is None
-    assert store.replies_for("tg", "m1") is None
+    assert store.replies_for("tg", "1", "m1") is None
     assert store.messages("tg", "1") == []
     assert store.list_cases() == []
     assert open_case(store, draft()).number.startswith("KS261122001")  # the counter was rolled back too

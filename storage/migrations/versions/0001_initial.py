@@ -52,7 +52,7 @@ def upgrade() -> None:
         sa.Column("in_reply_to", sa.Integer(), nullable=True),
         sa.Column("created_at", _timestamp(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("channel", "channel_message_id", name="uq_messages_channel_message_id"),
+        sa.UniqueConstraint("channel", "customer_id", "channel_message_id", name="uq_messages_channel_message_id"),
     )
     op.create_index("ix_messages_channel_customer_id", "messages", ["channel", "customer_id", "id"])
     op.create_table(
