@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from dialogs.catalog import Catalog
-from dialogs.extraction import Extraction, extract, over_warranty_from, to_public
+from dialogs.extraction import CORRECTION, SHANGHAI, Extraction, extract, over_warranty_from, to_public
 from dialogs.extraction.names import name_from_answer
 from dialogs.extraction.priority import LARGE_AMOUNT, PRIORITY_ORDER
 from dialogs.extraction.text import MAX_EXTRACT_CHARS, clean_message, has_cjk
@@ -28,7 +28,6 @@ from dialogs.intents import Intent, classify
 RESUME_AFTER = timedelta(hours=6)
 # Optional fields are asked once, plus one clarification when the answer could not be used.
 OPTIONAL_ATTEMPTS = 2
-_CORRECTION = re.compile(r"不对|错了|有错|打错|写错|说错|改成|改为|更正|应该是|改一下|换成|不是|修改|更改")
 _FREE_BRAND = re.compile(r"^[\u4e00-\u9fffA-Za-z0-9 &·.-]{2,16}$")
 _BRAND_FILLER = re.compile(r"^(?:是|买的是|品牌是|牌子是|就是)|(?:的|牌|牌子|品牌|家的|吧|啊)$")
 _ORDINALS = {"一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5}
@@ -52,7 +51,7 @@ class DialogState(BaseModel):
     choice: PendingChoice | None = None
     priority: str = "normal"
     priority_reasons: list[str] = Field(default_factory=list)
-    purchase_years_ago: int | None = None
+    purchase_span: tuple[date, date] | None = None
     recent_purchase: bool = False
     resume_phase: str | None = None
     greeted: bool = False
@@ -179,7 +178,7 @@ def step(state: DialogState, message: str, *, now: datetime, catalog: Catalog) -
     if s.phase == "confirming" and not found.values and not found.choices:
         if YES.match(text):
             return _open_case(turn)
-        if NO.match(text) or _CORRECTION.search(text):
+        if NO.match(text) or CORRECTION.search(text):
             turn.say("what_to_change")
             return turn.done()
     _resolve_choice(turn, text, found)
@@ -264,7 +263,7 @@ def _merge(turn: _Turn, text: str, found: Extraction) -> None:
     s = turn.state
     added: list[str] = []
     changed: list[dict[str, Any]] = []
-    correcting = _CORRECTION.search(text) is not None
+    correcting = CORRECTION.search(text) is not None
     for key in FIELD_KEYS:
         if key not in found.values or key == "priority":
             continue
@@ -314,11 +313,11 @@ def _derive(s: DialogState, found: Extraction, catalog: Catalog) -> None:
         s.fields["city"] = mall.city
     if "over_warranty" not in s.stated:
         purchase = from_state_value("purchase_date", s.fields.get("purchase_date"))
-        if found.purchase_years_ago is not None:
-            s.purchase_years_ago = found.purchase_years_ago
+        if found.purchase_span is not None:
+            s.purchase_span = found.purchase_span
         s.recent_purchase = s.recent_purchase or found.recent_purchase
-        today = s.last_seen.date() if s.last_seen else None
-        derived = over_warranty_from(purchase, s.purchase_years_ago, today) if today else None
+        today = s.last_seen.astimezone(SHANGHAI).date() if s.last_seen else None
+        derived = over_warranty_from(purchase, s.purchase_span, today) if today else None
         if derived is None and s.recent_purchase:
             derived = False
         if derived is not None:

@@ -45,8 +45,9 @@ def find_amounts(text: str, *, asked: bool) -> list[AmountFinding]:
     """Money amounts in `text` (dates, phones and order numbers already masked out with '#')."""
     found: list[AmountFinding] = []
     for match in _TOKEN.finditer(text):
-        start, end = match.span()
         number, currency, unit = match["num"], match["cur"], match["unit"]
+        start = match.start("cur") if currency else match.start("num")
+        end = match.end("unit") if unit else match.end("num")
         if (start and _MODEL_CODE.match(text[start - 1])) or (end < len(text) and _MODEL_CODE.match(text[end])):
             continue
         after = text[end:]
@@ -64,8 +65,10 @@ def find_amounts(text: str, *, asked: bool) -> list[AmountFinding]:
         if _DEPOSIT_BEFORE.search(before) or _DIFFERENCE_BEFORE.search(before):
             continue
         clause_start, clause_end = clause_bounds(text, start)
-        alone = (re.fullmatch(r"(?:是|就是|大概|大约|差不多|约)?\s*", text[clause_start:start]) is not None
-                 and re.fullmatch(r"\s*(?:的|吧|啊|呀|哈|左右)?\s*", text[end:clause_end]) is not None)
+        # A number standing on its own: its own clause, or a space-separated token in terse lists
+        # like "方太油烟机 3980 国庆前送的货".
+        alone = (re.search(r"(?:^|\s)(?:是|就是|大概|大约|差不多|约)?\s*$", text[clause_start:start]) is not None
+                 and re.match(r"\s*(?:的|吧|啊|呀|哈|左右)?(?:\s|$)", text[end:clause_end]) is not None)
         has_unit = bool(unit or currency or re.search(r"[万千kKwW]", number) or (chinese and value >= 100))
         strong = has_unit or bool(_MONEY_BEFORE.search(before))
         if not strong and (_YEAR_LIKE.fullmatch(number) or not (alone or asked) or value < (1 if asked else 100)):

@@ -47,11 +47,17 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         r"|前段时间|前阵子|前些天|月初|月底")),
 ]
 
-PURCHASE_WORDS = re.compile(r"买|购|下单|下的单|订的|订购|定的|签|付款|付的|付了|交钱|交的钱|成交|入手|拍的|定了")
+PURCHASE_WORDS = re.compile(r"买|购|下单|下的单|下的?订单|下了订单|订的|订购|定的|签|付款|付的|付了|交钱|交的钱|成交|入手|拍的|定了")
 DELIVERY_WORDS = re.compile(r"送|到货|到家|到的货|配送|安装|装的|装好|装上|上门|交付|发货|收到|收货|交货|进场|施工")
 _PROMISED = re.compile(r"说好|约好|约的|约定|预计|承诺|答应|保证|原定|原来说|本来说|定好|说是|要求")
 _ACTUAL = re.compile(r"实际|才|终于|已经|总算")
 _FUTURE_TENSE = re.compile(r"说好|约好|约的|约定|预计|承诺|答应|保证|会送|会来|要送|要来|将|下周|下个?月|还没|还未")
+
+
+# "国庆前", "元旦前后": around a day is not the day. "到今天都没送": today is when it still isn't.
+_NOT_A_DATE_AFTER = re.compile(r"前后|前|后|左右|期间|之前|之后|那几天|那段时间")
+_UNTIL_NOW = re.compile(r"(?:到|直到|截止到?)$")
+_STILL_NOT = re.compile(r"(?:为止)?[都还也]?(?:没|未|不)")
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,9 @@ class DateFinding:
     role: str | None  # "purchase_date" | "delivery_date" | None (no verb nearby)
     promised: bool
     actual: bool
-    years_ago: int | None  # year-level information even when the day is unknown ("前年买的")
+    # The first and last day the phrase can mean: a month or a year when the day is unknown
+    # ("去年五月份", "前年"), which can still settle the warranty question.
+    span: tuple[date, date] | None
 
 
 def _int(text: str | None) -> int | None:
@@ -136,6 +144,28 @@ def _resolve(kind: str, match: re.Match[str], today: date, future_tense: bool) -
     return (resolved, None) if resolved else (None, "impossible")
 
 
+def _vague_span(phrase: str, today: date) -> tuple[date, date] | None:
+    """The days a month- or year-level phrase covers, or None for spans like "半年前"."""
+    relative_year = re.match(_REL_YEAR_RE, phrase)
+    year = today.year + _REL_YEAR[relative_year.group()] if relative_year else today.year
+    month_match = re.search(rf"({_NUM})月", phrase)
+    relative_month = re.search("上上个?月|上个?月|这个?月|本月", phrase)
+    if month_match:
+        month = _int(month_match.group(1)) or 0
+        if not 1 <= month <= 12:
+            return None
+        if not relative_year and (month, 1) > (today.month, 1):
+            year -= 1
+    elif relative_month:
+        year, month = _shift_month(today, {"这": 0, "本": 0}.get(relative_month.group()[0],
+                                                                -2 if relative_month.group().startswith("上上") else -1))
+    elif relative_year:
+        return date(year, 1, 1), date(year, 12, 31)
+    else:
+        return None
+    return date(year, month, 1), date(year, month, calendar.monthrange(year, month)[1])
+
+
 def _role(text: str, start: int, end: int) -> str | None:
     """The field a date belongs to: the nearest purchase or delivery verb in its clause."""
     clause_start, clause_end = clause_bounds(text, start)
@@ -163,20 +193,18 @@ def find_dates(text: str, today: date) -> list[DateFinding]:
             start, end = match.span()
             if any(s < end and start < e for s, e in taken):
                 continue
+            until_now = kind == "rel_day" and _UNTIL_NOW.search(text[:start]) and _STILL_NOT.match(text, end)
+            if _NOT_A_DATE_AFTER.match(text, end) or until_now:
+                taken.append((start, end))
+                continue  # "国庆前", "到今天都没送": no date here
             clause_start, clause_end = clause_bounds(text, start)
             clause = text[clause_start:clause_end]
             value, problem = _resolve(kind, match, today, bool(_FUTURE_TENSE.search(clause)))
-            years_ago = None
-            relative_year = re.match(_REL_YEAR_RE, match.group())
-            if relative_year:
-                years_ago = -_REL_YEAR[relative_year.group()]
-            elif value is not None:
-                years_ago = today.year - value.year
             taken.append((start, end))
             findings.append(DateFinding(
                 value=value, problem=problem, start=start, end=end, role=_role(text, start, end),
                 promised=bool(_PROMISED.search(clause)) or (value is not None and value > today),
                 actual=bool(_ACTUAL.search(clause)) and not (value is not None and value > today),
-                years_ago=years_ago,
+                span=(value, value) if value else _vague_span(match.group(), today) if kind == "vague" else None,
             ))
     return sorted(findings, key=lambda f: f.start)

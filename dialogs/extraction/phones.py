@@ -22,10 +22,33 @@ class PhoneFinding:
     end: int
 
 
+def _mobile_prefix(raw: str) -> tuple[str, int] | None:
+    """"13611223344 9月12号": a mobile followed, after a space, by another number."""
+    for match in re.finditer(r"[\s-]", raw):
+        digits = re.sub(r"\D", "", raw[: match.start()].translate(_SPOKEN))
+        if raw.startswith(("+", "00")):
+            digits = digits[4:] if digits.startswith("0086") else digits[2:]
+        if len(digits) == 11 and _MOBILE.fullmatch(digits):
+            return digits, match.start()
+        if len(digits) > 11:
+            return None
+    return None
+
+
+_SPOKEN_GROUPS = re.compile(r"[零〇一幺二三四五六七八九](?:[\s,，、-]?[零〇一幺二三四五六七八九]){10}(?![零〇一幺二三四五六七八九])")
+
+
 def find_phones(text: str) -> list[PhoneFinding]:
     """Every phone-like run of digits; invalid ones are reported so the bot can say what is wrong."""
     found: list[PhoneFinding] = []
+    for match in _SPOKEN_GROUPS.finditer(text):
+        digits = re.sub(r"\D", "", match.group().translate(_SPOKEN))
+        if _MOBILE.fullmatch(digits):
+            found.append(PhoneFinding(digits, None, match.start(), match.end()))
+    spoken_spans = [(f.start, f.end) for f in found]
     for match in _RUN.finditer(text):
+        if any(s <= match.start() < e for s, e in spoken_spans):
+            continue
         start, end = match.span()
         if start and re.match(r"[A-Za-z0-9_]", text[start - 1]):
             continue  # inside an order number or model code
@@ -40,6 +63,10 @@ def find_phones(text: str) -> list[PhoneFinding]:
             digits = digits[4:] if digits.startswith("0086") else digits[2:]
         elif len(digits) == 13 and digits.startswith("86"):
             digits = digits[2:]
+        if len(digits) > 11:
+            prefix = _mobile_prefix(raw)
+            if prefix is not None:
+                digits, end = prefix[0], start + prefix[1]
         if _MOBILE.fullmatch(digits):
             found.append(PhoneFinding(digits, None, start, end))
         elif _LANDLINE.fullmatch(digits):

@@ -17,7 +17,7 @@ LARGE_AMOUNT = Decimal(20000)
 _RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
     ("major", "safety", re.compile(
         r"受伤|砸伤|划伤了?[手脚腿头人孩]|烫伤|摔伤|住院|触电|漏电|起火|着火|冒烟|爆炸|自燃|燃气泄漏|煤气泄漏|漏气|倒塌|砸到"
-        r"|甲醛超标|中毒|过敏住院|流血|骨折|送医|急诊")),
+        r"|甲醛超标|中毒|过敏住院|流血|骨折|送医|急诊|自爆|炸裂|爆裂|玻璃.{0,4}碎")),
     ("major", "media", re.compile(r"媒体|曝光|记者|电视台|上新闻|发微博|发抖音|网上发|发到网上|小红书|热搜")),
     ("important", "authority", re.compile(r"(?<!\d)(?:12315|12345)(?!\d)|消协|消费者协会|工商|市场监管|法院|起诉|律师|打官司|报警|维权|仲裁")),
     ("important", "repeat", re.compile(
