@@ -231,6 +231,10 @@ class RunResult:
                 f"{percentile(ms, 50):>8.2f} {percentile(ms, 99):>8.2f}  {check}")
 
 
+Conversation = Callable[[Customer], tuple[list[int], int]]
+"""Runs one customer's script; returns per-turn latencies (ns) and the number of cases opened."""
+
+
 def _run_parallel(customers: Sequence[Customer], threads: int, work: Conversation) -> tuple[float, list[int], int]:
     """Run each customer's conversation with `work`; (wall seconds, per-turn latencies, cases opened)."""
     latencies: list[int] = []
@@ -247,10 +251,6 @@ def _run_parallel(customers: Sequence[Customer], threads: int, work: Conversatio
                 latencies += lat
                 opened += cases
     return time.perf_counter() - started, latencies, opened
-
-
-Conversation = Callable[[Customer], tuple[list[int], int]]
-"""Runs one customer's script; returns per-turn latencies (ns) and the number of cases opened."""
 
 
 def full_conversation(service: IntakeService, channel: str, message_ids: bool) -> Conversation:

@@ -28,6 +28,9 @@ from dialogs.intents import Intent, classify
 RESUME_AFTER = timedelta(hours=6)
 # Optional fields are asked once, plus one clarification when the answer could not be used.
 OPTIONAL_ATTEMPTS = 2
+# Required, yet a customer may truly not know it: after one explanation we record it as unknown
+# and staff verify from the order, rather than asking a third time.
+UNKNOWABLE_REQUIRED = frozenset({"brand"})
 _FREE_BRAND = re.compile(r"^[\u4e00-\u9fffA-Za-z0-9 &·.-]{2,16}$")
 _BRAND_FILLER = re.compile(r"^(?:是|买的是|品牌是|牌子是|就是)|(?:的|牌|牌子|品牌|家的|吧|啊)$")
 _ORDINALS = {"一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5}
@@ -190,7 +193,10 @@ def step(state: DialogState, message: str, *, now: datetime, catalog: Catalog) -
 def _resolve_choice(turn: _Turn, text: str, found: Extraction) -> None:
     """A reply to "which of these did you mean": a number, a name, or a city."""
     choice = turn.state.choice
-    if choice is None or choice.field in found.values:
+    if choice is None:
+        return
+    if choice.field in found.values:
+        turn.state.choice = None
         return
     picked: str | None = None
     number = re.search(r"\d+|[一二两三四五](?=个|家|号)?", text.strip())
@@ -226,7 +232,7 @@ def _answer_to_question(turn: _Turn, text: str, found: Extraction) -> None:
         if _FREE_BRAND.match(candidate):
             found.values[key] = candidate  # a brand the catalog does not list: recorded as said
             return
-    if key == "description" and not found.unknown and has_cjk(text) and len(text) >= 4:
+    if key == "description" and not found.unknown and not found.values and has_cjk(text) and len(text) >= 4:
         found.values[key] = text[:MAX_EXTRACT_CHARS]
         return
     if key == "expectation" and not found.unknown and has_cjk(text) and len(text) >= 2:
@@ -243,7 +249,7 @@ def _answer_to_question(turn: _Turn, text: str, found: Extraction) -> None:
         if not spec.required:
             _mark_unknown(s, key)
     elif found.unknown:
-        if spec.required:
+        if spec.required and not (key in UNKNOWABLE_REQUIRED and s.attempts.get(key, 0) >= 2):
             turn.say("required_unknown", field=key)
         else:
             _mark_unknown(s, key)
@@ -277,7 +283,8 @@ def _merge(turn: _Turn, text: str, found: Extraction) -> None:
             if key not in s.stated:
                 s.stated.append(key)
         if key == "description" and old:
-            if value not in old:
+            answering_other = s.asking not in (None, "description") and len(value) <= 8
+            if value not in old and not answering_other:
                 s.fields[key] = f"{old}；{value}"
             continue
         if key == "expectation" and old and not correcting:

@@ -60,6 +60,9 @@ _UNTIL_NOW = re.compile(r"(?:到|直到|截止到?)$")
 _STILL_NOT = re.compile(r"(?:为止)?[都还也]?(?:没|未|不)")
 
 
+_FIELD_LABEL = re.compile(r"(购买日期|购买时间|买的日期|下单日期|下单时间|签约日期|合同日期)|送货日期|送货时间|安装日期|安装时间|到货时间")
+
+
 @dataclass(frozen=True)
 class DateFinding:
     value: date | None
@@ -177,6 +180,10 @@ def _role(text: str, start: int, end: int) -> str | None:
             return "purchase_date"
         return "delivery_date"
     before = text[clause_start:start]
+    if not PURCHASE_WORDS.search(before) and not DELIVERY_WORDS.search(before):
+        # "购买日期说错了，应该是12月22号": a field label may sit in the clause before.
+        label = _FIELD_LABEL.search(text[max(0, clause_start - 12) : clause_start])
+        return None if label is None else ("purchase_date" if label.group(1) else "delivery_date")
     last_purchase = max((m.end() for m in PURCHASE_WORDS.finditer(before)), default=-1)
     last_delivery = max((m.end() for m in DELIVERY_WORDS.finditer(before)), default=-1)
     if last_purchase < 0 and last_delivery < 0:

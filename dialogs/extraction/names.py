@@ -24,7 +24,7 @@ _NAME_CHARS = r"[\u4e00-\u9fff]"
 _STOP = re.compile(r"电话|手机|联系|今年|住在|家住|就|在|的|了|是|呢|啊|呀|吧|哈|和|跟|给|买|要|想|说|从|去|来|我|你|他|她|这|那|，|。")
 _NOT_NAMES = {"顾客", "客户", "消费者", "业主", "本人", "买家", "用户", "会员", "老顾客", "你们", "我们", "他们",
               "真北", "这个", "那个", "什么", "怎么", "投诉", "问题", "师傅", "经理", "店长", "机器人", "人工",
-              "谢谢", "你好", "您好", "好的", "麻烦", "辛苦", "时间", "金额", "地址", "日期", "方便", "明白", "知道",
+              "谢谢", "哈喽", "喂喂", "你好", "您好", "好的", "麻烦", "辛苦", "时间", "金额", "地址", "日期", "方便", "明白", "知道",
               "安排", "尽快", "马上", "现在", "今天", "昨天", "明天", "以前", "后来", "结果", "质量", "售后"}
 
 _INTRO = re.compile(
@@ -73,6 +73,10 @@ def find_name(text: str) -> str | None:
     for match in _SURNAME_ONLY.finditer(text):
         surname = _clean_surname(match["name"])
         if surname:
+            # "我姓李，李桂兰": the full name given right after the surname wins.
+            full = re.search(rf"(?<![\u4e00-\u9fff]){surname}[\u4e00-\u9fff]{{1,2}}(?![\u4e00-\u9fff])", text[match.end():])
+            if full and full.group() not in _NOT_NAMES and _surname_ok(full.group()):
+                return full.group()
             return surname
     for match in _WITH_HONORIFIC.finditer(text):
         candidate = match["name"]
