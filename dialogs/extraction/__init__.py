@@ -149,10 +149,11 @@ def extract(text: str, *, now: datetime, catalog: Catalog, asking: str | None = 
     _take_name(norm, asking, out, facts, phone_spans, catalog)
     _take_mall(_mask(norm, facts), out, facts, catalog, known_city)
     brands = find_brands(_mask(norm, facts), catalog.brand_index, asked=asking == "brand")
-    if len(brands) == 1 and len(brands[0]) == 1:
-        out.values["brand"] = brands[0][0]
+    facts.extend((hit.start, hit.end) for hit in brands)
+    if len(brands) == 1 and len(brands[0].keys) == 1:
+        out.values["brand"] = brands[0].keys[0]
     elif brands:
-        out.choices["brand"] = tuple(dict.fromkeys(name for keys in brands for name in keys))
+        out.choices["brand"] = tuple(dict.fromkeys(name for hit in brands for name in hit.keys))
 
     expectations = wants.find_expectations(norm)
     if expectations:

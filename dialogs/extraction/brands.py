@@ -31,13 +31,13 @@ def _in_context(text: str, hit: Hit) -> bool:
     return before.endswith("在") and _BOUGHT_NEAR.search(text[hit.end : hit.end + 6]) is not None
 
 
-def find_brands(text: str, index: AliasIndex, *, asked: bool) -> list[tuple[str, ...]]:
-    """Candidate brands, each a tuple of catalog names, best first.
+def find_brands(text: str, index: AliasIndex, *, asked: bool) -> list[Hit]:
+    """Candidate brand mentions (each hit's keys are catalog names), bought ones first.
 
     A weak alias or a short sound-alike counts only in brand context, unless Kesu just asked
     for the brand and the reply is little more than the name.
     """
-    chosen: list[tuple[tuple[str, ...], bool]] = []
+    chosen: list[tuple[Hit, bool]] = []
     for hit in index.find(text):
         clause_start, _ = clause_bounds(text, hit.start)
         if _MENTION_ONLY_BEFORE.search(text[clause_start : hit.start]):
@@ -46,9 +46,9 @@ def find_brands(text: str, index: AliasIndex, *, asked: bool) -> list[tuple[str,
         if hit.weak and not (short_reply or _in_context(text, hit)):
             continue
         bought = _BOUGHT_NEAR.search(text[clause_start : hit.end + 8]) is not None
-        if all(hit.keys != keys for keys, _ in chosen):
-            chosen.append((hit.keys, bought))
+        if all(hit.keys != earlier.keys for earlier, _ in chosen):
+            chosen.append((hit, bought))
     if any(bought for _, bought in chosen):
         # "看中芝华仕，最后在顾家买了": the brand with the purchase verb is the one bought.
         chosen = [item for item in chosen if item[1]]
-    return [keys for keys, _ in chosen]
+    return [hit for hit, _ in chosen]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from dialogs.extraction.text import clauses
+from dialogs.extraction.text import CJK, clauses
 
 # Order matters only for reading; every code whose words appear (and are not negated) is kept.
 _EXPECTATIONS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -59,17 +59,41 @@ def find_problem(text: str, facts: list[tuple[int, int]]) -> str | None:
     only state the expectation are left out; everything else about the problem is kept.
     """
     kept: list[str] = []
+    leftovers: list[str] = []
     position = 0
     for part in clauses(text):
         start = text.find(part, position)
         position = start + len(part)
-        if not PROBLEM_WORDS.search(part) or _EXPECTATION_ONLY.match(part) or _NOT_PROBLEM_CLAUSE.search(part):
+        if _EXPECTATION_ONLY.match(part) or _NOT_PROBLEM_CLAUSE.search(part):
             continue
         covered = sum(min(e, position) - max(s, start) for s, e in facts if s < position and start < e)
         if covered >= len(part) * 0.8:
             continue
-        kept.append(part)
-    return "，".join(kept) if kept else None
+        if PROBLEM_WORDS.search(part):
+            kept.append(part)
+        elif _is_leftover_statement(part, covered):
+            leftovers.append(part)
+    # No known problem word: a statement that is none of the recorded facts, no small talk and
+    # no request is most likely what went wrong, in words the lexicon does not know.
+    chosen = kept or (leftovers if len(leftovers) <= 2 else [])
+    return "，".join(chosen) if chosen else None
+
+
+_SMALL_TALK = re.compile(
+    r"你好|您好|在吗|喂|哈喽|说个事|跟你说|跟你们说|我想|我要|投诉|反映|能不能|可不可以|可以吗|处理一下|怎么办|怎么回事|麻烦"
+    r"|谢谢|请问|帮我|帮忙|我叫|我姓|姓名|电话|手机|号码|地址|订单|单号|编号|我是|名字|你们|商场|店里|那家|吧$|吗$|呢$|[?？]")
+_FACT_VERBS = re.compile(r"买|购|订|签|付|花了|交了|送到|住在|家住")
+# Asides around a complaint: when to call, evidence at hand, threats, hearsay.
+_ASIDES = re.compile(r"方便|白天|晚上|上午|下午|中午|打这个|接电话|查一下|查查|发票|收据|小票|合同上|朋友|听说|律师|记者|电视台"
+                     r"|媒体|12315|消协|法院|看着办|不太会|不会打字|替我|代我")
+
+
+def _is_leftover_statement(part: str, covered: int) -> bool:
+    """A clause touching no recorded fact, and not small talk, a request, a warranty remark or "不知道"."""
+    if covered or len(CJK.findall(part)) < 5:
+        return False
+    return not any(pattern.search(part) for pattern in (
+        _SMALL_TALK, _FACT_VERBS, _ASIDES, WARRANTY_OVER, WARRANTY_WITHIN, UNKNOWN, *(p for _, p in _EXPECTATIONS)))
 
 
 UNKNOWN = re.compile(
