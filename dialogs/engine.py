@@ -33,6 +33,11 @@ OPTIONAL_ATTEMPTS = 2
 UNKNOWABLE_REQUIRED = frozenset({"brand"})
 _FREE_BRAND = re.compile(r"^[\u4e00-\u9fffA-Za-z0-9 &·.-]{2,16}$")
 _BRAND_FILLER = re.compile(r"^(?:是|买的是|品牌是|牌子是|就是)|(?:的|牌|牌子|品牌|家的|吧|啊)$")
+# Messages that get their own answer, after which the intake carries on where it was.
+_ANSWER_THEN_CARRY_ON: dict[Intent, str | None] = {
+    Intent.STAFF: "staff_only", Intent.ABOUT_BOT: "about_bot", Intent.THANKS: "thanks",
+    Intent.GIBBERISH: "not_understood", Intent.GREETING: None,
+}
 _ORDINALS = {"一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5}
 
 
@@ -59,7 +64,6 @@ class DialogState(BaseModel):
     resume_phase: str | None = None
     greeted: bool = False
     empathized: bool = False
-    started_at: datetime | None = None
     last_seen: datetime | None = None
     # Id of the stored message this intake started with, set by the service: a case's transcript
     # runs from there, never into the previous intake.
@@ -115,15 +119,13 @@ class _Turn:
 
 
 def new_state(now: datetime, *, greeted: bool = False) -> DialogState:
-    return DialogState(started_at=now, last_seen=now, greeted=greeted)
+    return DialogState(last_seen=now, greeted=greeted)
 
 
 def step(state: DialogState, message: str, *, now: datetime, catalog: Catalog) -> Turn:
     """Process one customer message."""
     turn = _Turn(state.model_copy(deep=True), now, catalog)
     s = turn.state
-    if s.started_at is None:
-        s.started_at = now
     returning = s.last_seen is not None and now - s.last_seen > RESUME_AFTER and bool(s.fields)
     s.last_seen = now
     text = clean_message(message)
@@ -162,17 +164,12 @@ def step(state: DialogState, message: str, *, now: datetime, catalog: Catalog) -
         turn.effects.append(LookUpCases(text))
         turn.say("case_status")
         return _prompt(turn) if s.fields else turn.done()
-    if intent is Intent.STAFF:
-        turn.say("staff_only")
-        return _prompt(turn)
-    if intent is Intent.ABOUT_BOT:
-        turn.say("about_bot")
-        return _prompt(turn)
-    if intent in (Intent.GREETING, Intent.THANKS, Intent.GIBBERISH):
-        if intent is Intent.THANKS:
-            turn.say("thanks")
-        elif intent is Intent.GIBBERISH:
-            turn.say("not_understood")
+    if intent in _ANSWER_THEN_CARRY_ON:
+        template = _ANSWER_THEN_CARRY_ON[intent]
+        if template:
+            turn.say(template)
+        if intent is Intent.THANKS and not s.fields:
+            return turn.done()  # "谢谢" after a case was opened needs no new question
         return _prompt(turn)
     if intent is Intent.INSULT:
         turn.say("calm_down")

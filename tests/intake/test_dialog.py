@@ -265,3 +265,30 @@ def test_a_20000_character_message_is_answered(customer: Customer) -> None:
     customer.says("沙发坏了，" + "啊" * 20000)
     assert "long_message" in customer.templates()
     assert customer.state.asking == "name"
+
+
+def test_thanks_after_the_case_is_opened_gets_no_new_question(customer: Customer) -> None:
+    customer.says(OPENING)
+    customer.answer_until_confirming(ANSWERS)
+    customer.says("确认")
+    customer.says("好的谢谢")
+    assert customer.templates() == ["thanks"]
+
+
+def test_a_brand_the_customer_truly_does_not_know_is_recorded_as_unknown_after_one_explanation(
+        customer: Customer) -> None:
+    customer.says("沙发坏了，我叫李强，电话13912345678，真北店买的")
+    assert customer.state.asking == "brand"
+    customer.says("不记得什么牌子了")
+    assert customer.templates()[0] == "required_unknown"
+    customer.says("真不记得了")
+    assert "brand" in customer.state.unknown
+    assert customer.state.asking == "purchase_date"
+
+
+def test_a_shared_mall_alias_with_a_city_in_the_reply_is_settled(customer: Customer) -> None:
+    customer.says("江北店买的沙发，坐垫开线了")
+    assert customer.state.choice is not None
+    customer.says("重庆的江北店")
+    assert customer.state.fields["mall"] == "cq-jiangbei"
+    assert customer.state.choice is None
