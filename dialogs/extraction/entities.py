@@ -22,8 +22,8 @@ _CJK_CHAR = re.compile(r"[\u4e00-\u9fff]")
 
 @cache
 def _pinyin_of(char: str) -> str:
-    # Without phrase dictionaries pypinyin imports in ~60 ms and ~23 MB instead of seconds and
-    # hundreds of MB; single-character readings are all alias matching needs.
+    # Without phrase dictionaries pypinyin imports in ~29 ms and ~12 MB instead of ~120 ms and
+    # ~55 MB (benchmarks/startup.py); single-character readings are all alias matching needs.
     os.environ.setdefault("PYPINYIN_NO_PHRASES", "true")
     from pypinyin import Style, lazy_pinyin
 
@@ -50,9 +50,11 @@ class AliasIndex:
     pattern: re.Pattern[str] | None
     keys_by_alias: Mapping[str, tuple[str, ...]]
     weak_aliases: frozenset[str]
-    sound_exact: Mapping[tuple[str, ...], str]  # pinyin syllables -> alias
-    sound_one_off: Mapping[tuple[str, ...], tuple[tuple[str, str], ...]]  # syllables with one "*" -> (alias, sound)
-    sound_sizes: tuple[int, ...]
+    # (syllables, alias) by the alias's first syllable, and (for three or more) by its second,
+    # so a typo in the first syllable is still found.
+    sound_by_first: Mapping[str, tuple[tuple[tuple[str, ...], str], ...]]
+    sound_by_second: Mapping[str, tuple[tuple[tuple[str, ...], str], ...]]
+    romanised: Mapping[str, str]  # "gujia" -> alias
 
     @classmethod
     def build(cls, aliases: Mapping[str, Iterable[str]], *, weak: Mapping[str, Iterable[str]]) -> AliasIndex:
@@ -71,23 +73,24 @@ class AliasIndex:
             for alias in ordered
         ]
         pattern = re.compile("|".join(parts), re.IGNORECASE) if parts else None
-        sound_exact: dict[tuple[str, ...], str] = {}
-        sound_one_off: dict[tuple[str, ...], list[tuple[str, str]]] = {}
+        by_first: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+        by_second: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+        romanised: dict[str, str] = {}
         for alias in ordered:
             if len(alias) < 2 or not all(_CJK_CHAR.match(ch) for ch in alias):
                 continue
             sounds = tuple(_pinyin_of(ch) for ch in alias)
-            sound_exact.setdefault(sounds, alias)
+            by_first.setdefault(sounds[0], []).append((sounds, alias))
             if len(sounds) >= 3:
-                for j, sound in enumerate(sounds):
-                    sound_one_off.setdefault((*sounds[:j], "*", *sounds[j + 1 :]), []).append((alias, sound))
+                by_second.setdefault(sounds[1], []).append((sounds, alias))
+            romanised.setdefault("".join(sounds), alias)
         return cls(
             pattern=pattern,
             keys_by_alias={alias: tuple(dict.fromkeys(keys)) for alias, keys in keys_by_alias.items()},
             weak_aliases=frozenset(weak_set),
-            sound_exact=sound_exact,
-            sound_one_off={k: tuple(v) for k, v in sound_one_off.items()},
-            sound_sizes=tuple(sorted({len(k) for k in sound_exact}, reverse=True)),
+            sound_by_first={k: tuple(v) for k, v in by_first.items()},
+            sound_by_second={k: tuple(v) for k, v in by_second.items()},
+            romanised=romanised,
         )
 
     def exact(self, text: str) -> list[Hit]:
@@ -103,42 +106,52 @@ class AliasIndex:
         """Aliases whose pinyin appears in the text (outside spans already matched exactly).
 
         A three-syllable-or-longer alias also matches with one syllable mistyped ("马克波罗").
+        Only aliases whose first or second syllable occurs at a position are compared there,
+        which keeps a 2 000-character rant to a few dictionary look-ups per character.
         """
         syllables = pinyin_syllables(text)
         sounds = [s for s, _ in syllables]
         hits: list[Hit] = []
-        for i in range(len(sounds)):
-            for size in self.sound_sizes:
-                window = tuple(sounds[i : i + size])
-                if len(window) < size:
-                    continue
-                alias = self.sound_exact.get(window) or self._one_typo(window)
-                if alias is None:
-                    continue
-                start, end = syllables[i][1], syllables[i + size - 1][1] + 1
-                if end - start != size or any(s < end and start < e for s, e in taken):
-                    continue
-                taken.append((start, end))
-                hits.append(Hit(self.keys_by_alias[alias], text[start:end], start, end,
-                                weak=size < 3 or alias in self.weak_aliases, via="pinyin"))
+        for i, sound in enumerate(sounds):
+            candidates = self.sound_by_first.get(sound, ())
+            if i + 1 < len(sounds):
+                candidates = candidates + self.sound_by_second.get(sounds[i + 1], ())
+            match = self._best_at(sounds, i, candidates)
+            if match is None:
+                continue
+            alias, size = match
+            start, end = syllables[i][1], syllables[i + size - 1][1] + 1
+            if end - start != size or any(s < end and start < e for s, e in taken):
+                continue
+            taken.append((start, end))
+            hits.append(Hit(self.keys_by_alias[alias], text[start:end], start, end,
+                            weak=size < 3 or alias in self.weak_aliases, via="pinyin"))
         hits.extend(self._romanised(text, taken))
         return hits
 
-    def _one_typo(self, window: tuple[str, ...]) -> str | None:
-        if len(window) < 3:
-            return None
-        for j, sound in enumerate(window):
-            for alias, expected in self.sound_one_off.get((*window[:j], "*", *window[j + 1 :]), ()):
-                if Levenshtein.normalized_similarity(sound, expected) >= 0.5:
-                    return alias
-        return None
+    @staticmethod
+    def _best_at(sounds: list[str], i: int,
+                 candidates: tuple[tuple[tuple[str, ...], str], ...]) -> tuple[str, int] | None:
+        """The longest alias sounding exactly like the text at i, else one with a single typo."""
+        typo: tuple[str, int] | None = None
+        for alias_sounds, alias in sorted(candidates, key=lambda c: -len(c[0])):
+            size = len(alias_sounds)
+            window = sounds[i : i + size]
+            if len(window) < size:
+                continue
+            wrong = [(got, want) for got, want in zip(window, alias_sounds, strict=True) if got != want]
+            if not wrong:
+                return alias, size
+            if typo is None and size >= 3 and len(wrong) == 1 and \
+                    Levenshtein.normalized_similarity(*wrong[0]) >= 0.5:
+                typo = alias, size
+        return typo
 
     def _romanised(self, text: str, taken: list[tuple[int, int]]) -> list[Hit]:
         """'gujia' or 'zhi hua shi' typed instead of the characters."""
-        joined = {"".join(sounds): alias for sounds, alias in self.sound_exact.items()}
         hits = []
         for m in re.finditer(r"[a-z]+(?: [a-z]+)*", text.lower()):
-            alias = joined.get(m.group().replace(" ", ""))
+            alias = self.romanised.get(m.group().replace(" ", ""))
             if alias and not any(s < m.end() and m.start() < e for s, e in taken):
                 hits.append(Hit(self.keys_by_alias[alias.lower()], text[m.start():m.end()], m.start(), m.end(),
                                 weak=alias.lower() in self.weak_aliases, via="pinyin"))
