@@ -1,10 +1,10 @@
 """Throughput and latency of full persisted turns through ``IntakeService.handle``.
 
 What it measures
-    A turn here is what a channel adapter triggers: ``IntakeService.handle`` = storage reads
-    (retry check, conversation load), extraction + dialog step, reply rendering and one write
-    transaction (inbound message, new state, replies, and on the last turn the case, its events
-    and the transcript). N simulated customers (default 200) each run a scripted 6-8 turn
+    A turn here is what a channel adapter triggers: ``IntakeService.handle`` = one transaction
+    holding the inbound message (its retry check), the conversation load, extraction + dialog
+    step, reply rendering, the new state, the replies, and on the last turn the case, its events
+    and the transcript. N simulated customers (default 200) each run a scripted 6-8 turn
     conversation that ends with "确认" and opens a case. Scripts are generated from the demo
     catalog with a fixed seed, so every run sends the same text.
 
@@ -17,8 +17,9 @@ What it measures
     Next to each full run, in the same database, the storage floor with no Python dialog work:
       bare       one ``Store.unit_of_work()``: record_inbound + save_conversation (small state,
                  insert then compare-and-swap update) + record_outbound — the write every turn does;
-      bare+read  the same plus the reads ``handle()`` does first (``replies_for`` when the channel
-                 sends message ids, ``load_conversation``).
+      bare+read  the same plus separate read connections for ``replies_for`` and
+                 ``load_conversation`` (how ``handle()`` read before it moved its reads into the
+                 turn's transaction; kept as a reference point).
     ``full/bare`` near 1 means storage is the limit; a large ratio means Python (extraction,
     dialog, pydantic, Jinja) is. Compare with bare+read to see what the dialog layer adds on top
     of the same round trips.

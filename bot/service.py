@@ -14,9 +14,9 @@ from typing import Any
 
 from bot.templating import Renderer
 from dialogs.catalog import Catalog
-from dialogs.engine import DialogState, LookUpCases, OpenCase, Turn, new_state, step
+from dialogs.engine import DialogState, LookUpCases, OpenCase, new_state, step
 from storage.case_numbers import find_case_number
-from storage.repository import CaseDraft, CaseRecord, ConversationRecord, StaleConversation, Store, UnitOfWork
+from storage.repository import CaseDraft, CaseRecord, Reader, StaleConversation, Store, UnitOfWork
 
 # Two turns of one customer racing each other: the loser reloads the winner's state and redoes
 # its turn. More than a handful of rounds means something is wrong, not busy.
@@ -56,39 +56,27 @@ class IntakeService:
         return DialogState.model_validate(record.state) if record else new_state(self.clock())
 
     def handle(self, message: InboundMessage) -> TurnOutcome:
-        if message.message_id is not None:
-            earlier = self.store.replies_for(message.channel, message.customer_id, message.message_id)
-            if earlier is not None:
-                return self._duplicate(message, earlier)
         now = message.at or self.clock()
         for _ in range(MAX_TURN_ATTEMPTS):
-            record = self.store.load_conversation(message.channel, message.customer_id)
-            state = DialogState.model_validate(record.state) if record else new_state(now)
-            turn = step(state, message.text, now=now, catalog=self.catalog)
             try:
-                return self._commit(message, now, record, turn)
+                return self._turn(message, now)
             except StaleConversation:
                 continue
-            except _AlreadyProcessed:
-                earlier = self.store.replies_for(message.channel, message.customer_id, message.message_id or "")
-                return self._duplicate(message, earlier or [])
         raise RuntimeError(f"conversation {message.channel}/{message.customer_id} kept changing under this turn")
 
-    def _duplicate(self, message: InboundMessage, replies: list[str]) -> TurnOutcome:
-        return TurnOutcome(replies, self.state_of(message.channel, message.customer_id), duplicate=True)
-
-    def _commit(self, message: InboundMessage, now: datetime, record: ConversationRecord | None,
-                turn: Turn) -> TurnOutcome:
-        transcript = self._transcript(message, record, now) if any(
-            isinstance(e, OpenCase) for e in turn.effects) else []
+    def _turn(self, message: InboundMessage, now: datetime) -> TurnOutcome:
+        """The whole turn in one transaction: a crash anywhere leaves all of it or none of it."""
         with self.store.unit_of_work() as uow:
             inbound_id = uow.record_inbound(channel=message.channel, customer_id=message.customer_id,
                                             text=message.text, at=now, channel_message_id=message.message_id)
-            if inbound_id is None:
-                raise _AlreadyProcessed
+            record = uow.load_conversation(message.channel, message.customer_id)
+            previous = DialogState.model_validate(record.state) if record else None
+            if inbound_id is None:  # the channel re-sent a message we answered: same answer, no new turn
+                earlier = uow.replies_for(message.channel, message.customer_id, message.message_id or "")
+                return TurnOutcome(earlier or [], previous or new_state(now), duplicate=True)
+            turn = step(previous or new_state(now), message.text, now=now, catalog=self.catalog)
             state = turn.state
-            previous_start = DialogState.model_validate(record.state).transcript_from if record else None
-            if state.transcript_from is None and previous_start is None:
+            if state.transcript_from is None and (previous is None or previous.transcript_from is None):
                 # The first message of a new intake; a turn that just reset the intake (case opened,
                 # cancelled, restarted) leaves it to the next message.
                 state = state.model_copy(update={"transcript_from": inbound_id})
@@ -99,10 +87,11 @@ class IntakeService:
             case: CaseRecord | None = None
             for effect in turn.effects:
                 if isinstance(effect, OpenCase):
+                    transcript = self._transcript(uow, message, previous)
                     case = self._open_case(uow, message, saved.id, effect, transcript, now)
                     context["case_number"] = case.number
                 elif isinstance(effect, LookUpCases):
-                    context.update(self._status_context(message, effect))
+                    context.update(self._status_context(uow, message, effect))
             texts = [self.renderer.render(reply.template, {**reply.context, **context}) for reply in turn.replies]
             uow.record_outbound(channel=message.channel, customer_id=message.customer_id, texts=texts,
                                 in_reply_to=inbound_id, at=now)
@@ -118,21 +107,19 @@ class IntakeService:
                                data={"priority": effect.fields["priority"], "rules": effect.priority_reasons}, at=now)
         return case
 
-    def _transcript(self, message: InboundMessage, record: ConversationRecord | None,
-                    now: datetime) -> list[dict[str, str]]:
+    @staticmethod
+    def _transcript(reader: Reader, message: InboundMessage, previous: DialogState | None) -> list[dict[str, str]]:
         """This intake's messages, from its first message to the confirming one."""
-        first = DialogState.model_validate(record.state).transcript_from if record else None
-        lines = [
+        first = previous.transcript_from if previous else None
+        return [
             {"role": "customer" if m.direction == "in" else "kesu", "text": m.text, "at": m.created_at.isoformat()}
-            for m in self.store.messages(message.channel, message.customer_id, limit=500)
+            for m in reader.messages(message.channel, message.customer_id, limit=500)
             if first is None or m.id >= first
         ]
-        lines.append({"role": "customer", "text": message.text, "at": now.astimezone(UTC).isoformat()})
-        return lines
 
-    def _status_context(self, message: InboundMessage, effect: LookUpCases) -> dict[str, Any]:
+    def _status_context(self, reader: Reader, message: InboundMessage, effect: LookUpCases) -> dict[str, Any]:
         """Only the asking customer's own cases; a number typed for someone else's case reveals nothing."""
-        own = self.store.cases_for_customer(message.channel, message.customer_id)
+        own = reader.cases_for_customer(message.channel, message.customer_id)
         requested = find_case_number(effect.text)
         shown = [c for c in own if c.number == requested] if requested else own[:STATUS_CASES_SHOWN]
         return {
@@ -145,7 +132,3 @@ class IntakeService:
         mall = self.catalog.mall(case.fields.get("mall") or "")
         return {"number": case.number, "status": case.status, "created_at": case.created_at,
                 "mall_name": mall.name if mall else (case.fields.get("mall") or "")}
-
-
-class _AlreadyProcessed(Exception):
-    """The channel re-sent a message this service already answered."""

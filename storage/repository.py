@@ -9,6 +9,7 @@ and hands back frozen dataclasses, never ORM objects.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -311,12 +312,80 @@ def _statements(dialect_name: str) -> _Statements:
 # --------------------------------------------------------------------------- unit of work
 
 
-class UnitOfWork:
-    """One transaction (one chat turn). Obtain it from ``Store.unit_of_work()``."""
+class Reader:
+    """The queries, on one connection: a snapshot read, or the reads inside a turn's transaction."""
 
     def __init__(self, connection: Connection, statements: _Statements) -> None:
         self._conn = connection
         self._sql = statements
+
+    def load_conversation(self, channel: str, customer_id: str) -> ConversationRecord | None:
+        """The dialog state to continue from, or None for a first-time customer."""
+        params = {"channel": channel, "customer_id": customer_id}
+        row = self._conn.execute(self._sql.load_conversation, params).mappings().first()
+        return None if row is None else _conversation_record(row)
+
+    def replies_for(self, channel: str, customer_id: str, channel_message_id: str) -> list[str] | None:
+        """What we answered to this customer's inbound message, so a platform retry gets the same answer."""
+        params = {"channel": channel, "customer_id": customer_id, "channel_message_id": channel_message_id}
+        inbound = self._conn.execute(self._sql.find_inbound, params).first()
+        if inbound is None:
+            return None
+        params = {"channel": channel, "customer_id": customer_id, "inbound_id": inbound[0]}
+        return list(self._conn.execute(self._sql.replies_after, params).scalars())
+
+    def get_case(self, number: str) -> CaseRecord | None:
+        """Look a case up by what a customer or staff member typed; a wrong check digit finds nothing."""
+        canonical = normalize_case_number(number)
+        if canonical is None:
+            return None
+        row = self._conn.execute(select(cases).where(cases.c.number == canonical)).mappings().first()
+        return None if row is None else _case_record(row)
+
+    def get_case_events(self, case_id: int) -> list[CaseEventRecord]:
+        """A case's timeline, oldest first."""
+        query = select(case_events).where(case_events.c.case_id == case_id).order_by(case_events.c.id)
+        return [_event_record(row) for row in self._conn.execute(query).mappings()]
+
+    def list_cases(self, *, limit: int = 50, offset: int = 0, mall: str | None = None) -> list[CaseRecord]:
+        """Staff listing, newest first, optionally for one mall."""
+        query = (
+            select(cases).order_by(cases.c.created_at.desc(), cases.c.id.desc()).limit(limit).offset(offset)
+        )
+        if mall is not None:
+            query = query.where(cases.c.mall == mall)
+        return self._cases(query)
+
+    def cases_for_customer(self, channel: str, customer_id: str) -> list[CaseRecord]:
+        """A customer's own cases, newest first (never anyone else's: privacy)."""
+        query = (
+            select(cases)
+            .where(cases.c.channel == channel, cases.c.customer_id == customer_id)
+            .order_by(cases.c.created_at.desc(), cases.c.id.desc())
+        )
+        return self._cases(query)
+
+    def messages(self, channel: str, customer_id: str, *, limit: int = 200) -> list[MessageRecord]:
+        """The newest ``limit`` messages of a customer, oldest first (for transcripts and staff)."""
+        query = (
+            select(messages)
+            .where(messages.c.channel == channel, messages.c.customer_id == customer_id)
+            .order_by(messages.c.id.desc())
+            .limit(limit)
+        )
+        rows = [_message_record(row) for row in self._conn.execute(query).mappings()]
+        rows.reverse()
+        return rows
+
+    def _cases(self, query: Executable) -> list[CaseRecord]:
+        return [_case_record(row) for row in self._conn.execute(query).mappings()]
+
+
+class UnitOfWork(Reader):
+    """One transaction (one chat turn): the reads of ``Reader`` plus the writes.
+
+    Obtain it from ``Store.unit_of_work()``.
+    """
 
     def record_inbound(
         self, *, channel: str, customer_id: str, text: str, at: datetime, channel_message_id: str | None
@@ -453,6 +522,12 @@ class Store:
         self._engine = engine
         self._reader = engine.execution_options(**{BEGIN_OPTION: "DEFERRED"})  # SQLite: no write lock
         self._sql = _statements(engine.dialect.name)
+        # SQLite has one writer at a time. Threads of this process queue on a lock instead of in
+        # SQLite's busy handler, whose sleeps of up to 100 ms made the p99 of a 1 ms turn 400 ms
+        # under 16 threads (benchmarks/turn_throughput.py). Other processes still queue on
+        # busy_timeout.
+        self._write_lock: AbstractContextManager[object] = (
+            threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext())
 
     @classmethod
     def from_url(cls, url: str, *, migrate: bool = True) -> Store:
@@ -473,91 +548,54 @@ class Store:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[UnitOfWork]:
-        with self._engine.begin() as connection:
+        with self._write_lock, self._engine.begin() as connection:
             yield UnitOfWork(connection, self._sql)
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
+    def reading(self) -> Iterator[Reader]:
+        """A short read-only snapshot; on SQLite it never waits for the write lock."""
         with self._reader.connect() as connection:
-            yield connection
+            yield Reader(connection, self._sql)
 
     def load_conversation(self, channel: str, customer_id: str) -> ConversationRecord | None:
-        """The dialog state to continue from, or None for a first-time customer."""
-        with self._read() as conn:
-            params = {"channel": channel, "customer_id": customer_id}
-            row = conn.execute(self._sql.load_conversation, params).mappings().first()
-        return None if row is None else _conversation_record(row)
+        with self.reading() as reader:
+            return reader.load_conversation(channel, customer_id)
 
     def replies_for(self, channel: str, customer_id: str, channel_message_id: str) -> list[str] | None:
-        """What we answered to this customer's inbound message, so a platform retry gets the same answer."""
-        with self._read() as conn:
-            params = {"channel": channel, "customer_id": customer_id, "channel_message_id": channel_message_id}
-            inbound = conn.execute(self._sql.find_inbound, params).first()
-            if inbound is None:
-                return None
-            inbound_id, customer_id = inbound
-            params = {"channel": channel, "customer_id": customer_id, "inbound_id": inbound_id}
-            return list(conn.execute(self._sql.replies_after, params).scalars())
+        with self.reading() as reader:
+            return reader.replies_for(channel, customer_id, channel_message_id)
 
     def get_case(self, number: str) -> CaseRecord | None:
-        """Look a case up by what a customer or staff member typed; a wrong check digit finds nothing."""
-        canonical = normalize_case_number(number)
-        if canonical is None:
-            return None
-        with self._read() as conn:
-            row = conn.execute(select(cases).where(cases.c.number == canonical)).mappings().first()
-        return None if row is None else _case_record(row)
+        with self.reading() as reader:
+            return reader.get_case(number)
 
     def get_case_events(self, case_id: int) -> list[CaseEventRecord]:
-        """A case's timeline, oldest first."""
-        query = select(case_events).where(case_events.c.case_id == case_id).order_by(case_events.c.id)
-        with self._read() as conn:
-            return [_event_record(row) for row in conn.execute(query).mappings()]
+        with self.reading() as reader:
+            return reader.get_case_events(case_id)
 
     def list_cases(self, *, limit: int = 50, offset: int = 0, mall: str | None = None) -> list[CaseRecord]:
-        """Staff listing, newest first, optionally for one mall."""
-        query = (
-            select(cases).order_by(cases.c.created_at.desc(), cases.c.id.desc()).limit(limit).offset(offset)
-        )
-        if mall is not None:
-            query = query.where(cases.c.mall == mall)
-        return self._cases(query)
+        with self.reading() as reader:
+            return reader.list_cases(limit=limit, offset=offset, mall=mall)
 
     def cases_for_customer(self, channel: str, customer_id: str) -> list[CaseRecord]:
-        """A customer's own cases, newest first (never anyone else's: privacy)."""
-        query = (
-            select(cases)
-            .where(cases.c.channel == channel, cases.c.customer_id == customer_id)
-            .order_by(cases.c.created_at.desc(), cases.c.id.desc())
-        )
-        return self._cases(query)
+        with self.reading() as reader:
+            return reader.cases_for_customer(channel, customer_id)
 
     def messages(self, channel: str, customer_id: str, *, limit: int = 200) -> list[MessageRecord]:
-        """The newest ``limit`` messages of a customer, oldest first (for transcripts and staff)."""
-        query = (
-            select(messages)
-            .where(messages.c.channel == channel, messages.c.customer_id == customer_id)
-            .order_by(messages.c.id.desc())
-            .limit(limit)
-        )
-        with self._read() as conn:
-            rows = [_message_record(row) for row in conn.execute(query).mappings()]
-        rows.reverse()
-        return rows
+        with self.reading() as reader:
+            return reader.messages(channel, customer_id, limit=limit)
 
     def close(self) -> None:
         """Release pooled connections."""
         self._engine.dispose()
 
-    def _cases(self, query: Executable) -> list[CaseRecord]:
-        with self._read() as conn:
-            return [_case_record(row) for row in conn.execute(query).mappings()]
 
 
 __all__ = [
     "CaseDraft",
     "CaseEventRecord",
     "CaseRecord",
+    "Reader",
     "ConversationRecord",
     "MessageRecord",
     "StaleConversation",
