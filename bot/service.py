@@ -105,6 +105,10 @@ class IntakeService:
         if effect.priority_reasons:
             uow.add_case_event(case_id=case.id, kind="graded", actor="kesu",
                                data={"priority": effect.fields["priority"], "rules": effect.priority_reasons}, at=now)
+        for change in effect.corrections:
+            uow.add_case_event(case_id=case.id, kind="field_changed", actor="customer",
+                               data={key: change[key] for key in ("field", "old", "new")},
+                               at=datetime.fromisoformat(change["at"]))
         return case
 
     @staticmethod

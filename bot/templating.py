@@ -7,6 +7,7 @@ re-parses, so "{{ 7*7 }}" typed by a customer is shown, not evaluated.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -52,6 +53,13 @@ def cn_time(value: datetime | str) -> str:
     return f"{local:%Y-%m-%d %H:%M}"
 
 
+def pad(value: object, width: int) -> str:
+    """Left-align in a terminal column: CJK characters take two cells."""
+    text = str(value)
+    cells = sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+    return text + " " * max(width - cells, 0)
+
+
 class Renderer:
     """Renders reply templates for one locale; deployer directories override file by file."""
 
@@ -65,7 +73,7 @@ class Renderer:
             lstrip_blocks=True,
             keep_trailing_newline=False,
         )
-        self.env.filters.update(mask_phone=mask_phone, money=money, cn_date=cn_date, cn_time=cn_time)
+        self.env.filters.update(mask_phone=mask_phone, money=money, cn_date=cn_date, cn_time=cn_time, pad=pad)
 
     def render(self, template: str, context: dict[str, Any]) -> str:
         text = self.env.get_template(f"{template}.j2").render(**context)

@@ -59,6 +59,9 @@ class DialogState(BaseModel):
     choice: PendingChoice | None = None
     priority: str = "normal"
     priority_reasons: list[str] = Field(default_factory=list)
+    # Values the customer corrected during intake, kept for the case timeline: staff should
+    # know a phone number was changed, not only its final value.
+    corrections: list[dict[str, Any]] = Field(default_factory=list)
     purchase_span: tuple[date, date] | None = None
     recent_purchase: bool = False
     resume_phase: str | None = None
@@ -82,6 +85,7 @@ class OpenCase:
 
     fields: dict[str, Any]
     priority_reasons: list[str]
+    corrections: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class _Turn:
     catalog: Catalog
     replies: list[Reply] = field(default_factory=list)
     effects: list[Effect] = field(default_factory=list)
+    progressed: bool = False  # the message added or changed a field
 
     def say(self, template: str, **context: Any) -> None:
         self.replies.append(Reply(template, context))
@@ -290,6 +295,7 @@ def _merge(turn: _Turn, text: str, found: Extraction) -> None:
             added.append(key)
         elif old != value:
             changed.append({"field": key, "old": old, "new": value})
+            s.corrections.append({"field": key, "old": old, "new": value, "at": turn.now.isoformat()})
         s.fields[key] = value
         if key in s.unknown:
             s.unknown.remove(key)
@@ -301,6 +307,7 @@ def _merge(turn: _Turn, text: str, found: Extraction) -> None:
             s.attempts[key] = s.attempts.get(key, 0) + (0 if key == s.asking else 1)
             turn.say("invalid", field=key, reason=problem)
     _derive(s, found, turn.catalog)
+    turn.progressed = bool(added or changed)
     if changed:
         turn.say("corrected", changes=[_display_change(turn.catalog, c) for c in changed])
     shown = [k for k in added if k != s.asking and k not in ("city", "over_warranty")]
@@ -365,7 +372,7 @@ def _prompt(turn: _Turn) -> Turn:
         turn.say("summary", items=_summary(turn.catalog, s))
         return turn.done()
     s.phase = "collecting"
-    again = s.asking == key
+    again = s.asking == key and not turn.progressed  # asked again because the answer did not help
     s.attempts[key] = s.attempts.get(key, 0) + 1
     s.asking = key
     turn.say(f"ask/{key}", again=again, attempt=s.attempts[key])
@@ -376,7 +383,8 @@ def _open_case(turn: _Turn) -> Turn:
     s = turn.state
     fields = {key: from_state_value(key, s.fields.get(key)) for key in FIELD_KEYS}
     fields["priority"] = s.priority
-    turn.effects.append(OpenCase(fields=fields, priority_reasons=list(s.priority_reasons)))
+    turn.effects.append(OpenCase(fields=fields, priority_reasons=list(s.priority_reasons),
+                                 corrections=list(s.corrections)))
     turn.say("case_opened", priority=s.priority, name=s.fields.get("name"))
     turn.state = new_state(turn.now, greeted=True)
     return turn.done()

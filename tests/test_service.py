@@ -480,3 +480,16 @@ def test_long_message_is_stored_whole_and_its_facts_used(service: IntakeService,
     assert outcome.state.fields["phone"] == "13812345678"
     assert inbound_texts(store, "o-1") == [text]
     assert any("2000" in reply for reply in outcome.replies)  # tells the customer only the start was read
+
+
+def test_corrections_during_intake_are_on_the_case_timeline(service: IntakeService, store: Store) -> None:
+    send(service, "o-fix", opening())
+    send(service, "o-fix", "电话打错了，是13912345678")
+    for text in FOLLOW_UPS:
+        send(service, "o-fix", text)
+    outcome = send(service, "o-fix", CONFIRM)
+    assert outcome.case is not None
+    events = store.get_case_events(outcome.case.id)
+    changes = [e.data for e in events if e.kind == "field_changed"]
+    assert changes == [{"field": "phone", "old": "13812345678", "new": "13912345678"}]
+    assert outcome.case.fields["phone"] == "13912345678"
