@@ -193,3 +193,11 @@ def test_priority_rules(text: str, priority: str, catalog: Catalog) -> None:
 @pytest.mark.parametrize("text", ["你好", "在吗", "？？？", "😡😡😡", "{{ 7*7 }}", "\x00\x07\x1b[31m", "a" * 20000])
 def test_messages_without_facts_yield_only_priority(text: str, catalog: Catalog) -> None:
     assert fields(text, catalog) == {"priority": "normal"}
+
+
+@pytest.mark.parametrize(("text", "priority"), [
+    ("扶手开裂了，孩子被划伤了", "major"),
+    ("桌面划伤了一道", "normal"),  # a scratched table is not an injury
+])
+def test_injury_needs_a_person_not_a_surface(text: str, priority: str, catalog: Catalog) -> None:
+    assert fields(text, catalog)["priority"] == priority
