@@ -1,12 +1,12 @@
 """Accuracy benchmark for Kesu: field extraction and whole simulated conversations.
 
-    python benchmarks/eval_accuracy.py                      # everything, dev and holdout
+    python benchmarks/eval_accuracy.py                      # everything: dev, holdout, holdout2
     python benchmarks/eval_accuracy.py --set dev --show-errors
     python benchmarks/eval_accuracy.py --part extraction    # only extract_fields()
     python benchmarks/eval_accuracy.py --check-data         # validate the evals/*.jsonl files only
 
-Data: evals/extraction_{dev,holdout}.jsonl and evals/conversations_{dev,holdout}.jsonl (format in
-evals/README.md). Tune on dev; the holdout is for reporting only.
+Data: evals/extraction_{dev,holdout,holdout2}.jsonl and evals/conversations_{dev,holdout,holdout2}.jsonl
+(format in evals/README.md). Tune on dev; the holdouts are for reporting only.
 
 It is a benchmark, not a test: low scores still exit 0. The exit status is non-zero only when the
 harness itself cannot run (modules or CLI missing, unreadable data, a bot that never answers).
@@ -52,7 +52,7 @@ MAX_TURNS = 40
 CONFIRM = "确认"
 DONT_KNOW = "不知道"
 NOTHING_ASKED = "没有了"
-SETS = ("dev", "holdout")
+SETS = ("dev", "holdout", "holdout2")
 SHANGHAI = timezone(timedelta(hours=8))
 
 
@@ -746,9 +746,11 @@ class DataChecker:
             counts[f"extraction_{s}.jsonl"] = len(extraction[s])
             conv = self.check_conversations(EVALS / f"conversations_{s}.jsonl", f"cv-{s}-")
             counts[f"conversations_{s}.jsonl"] = len(conv)
-        overlap = {it["text"] for it in extraction["dev"]} & {it["text"] for it in extraction["holdout"]}
-        for text in sorted(overlap):
-            self.err("extraction", f"message in both dev and holdout: {text!r}")
+        for i, a in enumerate(SETS):
+            for b in SETS[i + 1:]:
+                overlap = {it["text"] for it in extraction[a]} & {it["text"] for it in extraction[b]}
+                for text in sorted(overlap):
+                    self.err("extraction", f"message in both {a} and {b}: {text!r}")
         for name, count in counts.items():
             print(f"{name:<28}{count:>5} items")
         for s in SETS:
@@ -772,7 +774,7 @@ def _sets(choice: str) -> Iterable[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Kesu accuracy benchmark (extraction + conversations)")
-    ap.add_argument("--set", choices=["dev", "holdout", "all"], default="all")
+    ap.add_argument("--set", choices=[*SETS, "all"], default="all")
     ap.add_argument("--part", choices=["extraction", "conversations", "all"], default="all")
     ap.add_argument("--show-errors", action="store_true", help="print every wrong item")
     ap.add_argument("--check-data", action="store_true", help="only validate the evals/*.jsonl files")

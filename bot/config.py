@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,3 +22,67 @@ class Settings(BaseSettings):
     templates_dir: Path | None = Field(
         default=None, description="Directory with a zh-CN/ folder of templates that override the built-in ones")
     locale: str = "zh-CN"
+
+    # kesu serve
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = Field(default=None, description="https://… where WeChat and Telegram reach kesu serve")
+
+    # Telegram: customers in private chats, staff in groups
+    telegram_token: str | None = None
+    telegram_mode: Literal["webhook", "polling"] = "webhook"
+    telegram_webhook_secret: str | None = Field(
+        default=None, description="Sent by Telegram as X-Telegram-Bot-Api-Secret-Token; required for webhooks")
+    telegram_api_url: str = Field(default="https://api.telegram.org/bot", description="Bot API base (tests: a fake)")
+
+    # WeChat Official Account (customers)
+    wechat_token: str | None = None
+    wechat_app_id: str | None = None
+    wechat_app_secret: str | None = None
+    wechat_aes_key: str | None = Field(default=None, description="EncodingAESKey: set it for safe mode")
+    wechat_api_url: str = Field(default="https://api.weixin.qq.com/cgi-bin/", description="API base (tests: a fake)")
+    wechat_template_id: str | None = Field(
+        default=None, description="Template message used when the 48-hour customer-service window has closed")
+
+    # WeCom group robots (staff, one-way)
+    wecom_api_url: str = Field(default="https://qyapi.weixin.qq.com/cgi-bin/webhook/send",
+                               description="Robot webhook endpoint (tests: a fake)")
+    wecom_per_minute: int = Field(default=20, description="Messages per minute per robot (WeCom's limit)")
+
+    # Staff routing beyond the catalog: malls without groups, and 重大 cases everywhere
+    fallback_telegram_chat: int | None = None
+    fallback_wecom_key: str | None = None
+    escalation_telegram_chat: int | None = None
+    escalation_wecom_key: str | None = None
+
+    # Rasa action server, in-process at /rasa/webhook
+    rasa_actions: bool = True
+
+    def channel_problems(self) -> list[str]:
+        """Half-configured channels, named by the setting that is missing; empty when all is well."""
+        problems = []
+        telegram = {"KESU_TELEGRAM_TOKEN": self.telegram_token}
+        if self.telegram_mode == "webhook":
+            telegram |= {"KESU_TELEGRAM_WEBHOOK_SECRET": self.telegram_webhook_secret, "KESU_PUBLIC_URL": self.public_url}
+        wechat = {"KESU_WECHAT_TOKEN": self.wechat_token, "KESU_WECHAT_APP_ID": self.wechat_app_id,
+                  "KESU_WECHAT_APP_SECRET": self.wechat_app_secret}
+        for name, group in (("Telegram", telegram), ("WeChat", wechat)):
+            if not self._telegram_or_wechat_touched(name):
+                continue
+            missing = [key for key, value in group.items() if not value]
+            if missing:
+                problems.append(f"{name} is half-configured: set {', '.join(missing)}")
+        return problems
+
+    def _telegram_or_wechat_touched(self, name: str) -> bool:
+        if name == "Telegram":
+            return bool(self.telegram_token or self.telegram_webhook_secret)
+        return bool(self.wechat_token or self.wechat_app_id or self.wechat_app_secret or self.wechat_aes_key)
+
+    @property
+    def telegram_enabled(self) -> bool:
+        return bool(self.telegram_token)
+
+    @property
+    def wechat_enabled(self) -> bool:
+        return bool(self.wechat_token and self.wechat_app_id and self.wechat_app_secret)

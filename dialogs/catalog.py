@@ -12,14 +12,31 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from dialogs.extraction.entities import AliasIndex
 
 
+class StaffGroups(BaseModel):
+    """Where a mall's staff are notified: Telegram group chat ids and WeCom group-robot keys."""
+
+    model_config = ConfigDict(frozen=True)
+
+    telegram: tuple[int, ...] = ()
+    wecom: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.telegram or self.wecom)
+
+
 class Mall(BaseModel):
-    # Routing and other deployment data ride along untouched; later features read them.
+    # Further deployment data ride along untouched; later features read them.
     model_config = ConfigDict(extra="allow", frozen=True)
 
     id: str = Field(min_length=1)
     name: str = Field(min_length=1)
     city: str = Field(min_length=1)
     aliases: tuple[str, ...] = ()
+    staff: StaffGroups = StaffGroups()  # new cases go here; none: the deployment's fallback group
+    escalation: StaffGroups = StaffGroups()  # 重大 cases go here too, at once
+
+    def serves_telegram_chat(self, chat_id: int) -> bool:
+        return chat_id in self.staff.telegram or chat_id in self.escalation.telegram
 
 
 class Brand(BaseModel):

@@ -74,9 +74,28 @@ class DialogState(BaseModel):
 
 
 @dataclass(frozen=True)
+class Choice:
+    """A suggested answer a channel may offer as a button; choosing it sends `payload` as the reply."""
+
+    payload: str
+    label: str | None = None  # None: the label template names it; set for data such as a mall's name
+
+
+@dataclass(frozen=True)
 class Reply:
     template: str
     context: dict[str, Any] = field(default_factory=dict)
+    choices: tuple[Choice, ...] = ()
+
+
+# Suggested answers per question; answers stay free text, buttons only save typing.
+_CHOICES: dict[str, tuple[Choice, ...]] = {
+    "summary": (Choice("确认"), Choice("修改"), Choice("取消")),
+    "cancel_confirm": (Choice("确定"), Choice("继续")),
+    "ask/over_warranty": (Choice("是"), Choice("不是"), Choice("不清楚")),
+    "ask/order_no": (Choice("没有"),),
+    "ask/expectation": tuple(Choice(word) for word in ("退货", "换货", "维修", "退款", "赔偿")),
+}
 
 
 @dataclass(frozen=True)
@@ -117,7 +136,7 @@ class _Turn:
     progressed: bool = False  # the message added or changed a field
 
     def say(self, template: str, **context: Any) -> None:
-        self.replies.append(Reply(template, context))
+        self.replies.append(Reply(template, context, _CHOICES.get(template, ())))
 
     def done(self) -> Turn:
         return Turn(self.state, self.replies, self.effects)
@@ -363,7 +382,8 @@ def _prompt(turn: _Turn) -> Turn:
         return turn.done()
     if s.choice is not None:
         options = [_display(turn.catalog, s.choice.field, o)["value"] for o in s.choice.options]
-        turn.say("choose", field=s.choice.field, options=options)
+        turn.replies.append(Reply("choose", {"field": s.choice.field, "options": options},
+                                  tuple(Choice(str(i), label) for i, label in enumerate(options, 1))))
         s.asking = s.choice.field
         return turn.done()
     key = _next_field(s)

@@ -212,13 +212,17 @@ def write_jsonl(path: Path, items: list[dict[str, Any]]) -> None:
 
 def main() -> int:
     import items_conversations as conv
+    import items_conversations_holdout2 as conv2
     import items_extraction_dev as xdev
     import items_extraction_holdout as xho
+    import items_extraction_holdout2 as xho2
 
     write_jsonl(HERE / "extraction_dev.jsonl", extraction_items("ex-dev", xdev.ITEMS))
     write_jsonl(HERE / "extraction_holdout.jsonl", extraction_items("ex-holdout", xho.ITEMS))
     write_jsonl(HERE / "conversations_dev.jsonl", conversation_items("cv-dev", conv.DEV))
     write_jsonl(HERE / "conversations_holdout.jsonl", conversation_items("cv-holdout", conv.HOLDOUT))
+    write_jsonl(HERE / "extraction_holdout2.jsonl", extraction_items("ex-holdout2", xho2.ITEMS))
+    write_jsonl(HERE / "conversations_holdout2.jsonl", conversation_items("cv-holdout2", conv2.HOLDOUT2))
     return runner.main(["--check-data"])
 
 

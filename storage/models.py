@@ -10,7 +10,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, Numeric, String, Table, UniqueConstraint
+from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, Numeric, String, Table, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 from storage.sqltypes import CleanString, CleanText, UTCDateTime, json_type, utcnow
@@ -34,6 +34,12 @@ PUBLIC_FIELDS: tuple[str, ...] = (
 """The product's public case field names (PRODUCT.md field table), in the script's order."""
 
 PRIORITIES: tuple[str, ...] = ("normal", "important", "major")
+
+OUTBOX_STATES: tuple[str, ...] = ("pending", "sending", "sent", "failed")
+"""An outbox item's life: pending → sending (leased by a dispatcher) → sent, or back to pending, or failed."""
+
+EVIDENCE_KINDS: tuple[str, ...] = ("photo", "document", "voice", "video", "other")
+"""What a customer can send besides text; adapters map anything else to "other"."""
 
 
 class Conversation(SQLModel, table=True):
@@ -110,6 +116,16 @@ class Case(SQLModel, table=True):
     expectation: list[str] = Field(default_factory=list, sa_type=json_type(), nullable=False)
     transcript: list[dict[str, str]] = Field(default_factory=list, sa_type=json_type(), nullable=False)
 
+    # Who handles it: set once, by the first staff member to claim it (see UnitOfWork.claim_case).
+    owner: str | None = Field(default=None, sa_type=CleanString, nullable=True)  # "telegram:123456"
+    owner_name: str | None = Field(default=None, sa_type=CleanString, nullable=True)
+    claimed_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    # The mall had no staff group of its own, so the case went to the deployment's fallback group.
+    # The server default fills the rows that existed before the column did.
+    unrouted: bool = Field(
+        default=False, sa_type=Boolean, nullable=False, sa_column_kwargs={"server_default": false()}
+    )
+
 
 class CaseEvent(SQLModel, table=True):
     """The case timeline (opened, field changes, claims, …): append-only."""
@@ -138,6 +154,70 @@ class CaseCounter(SQLModel, table=True):
     last_value: int = Field(default=0, sa_type=Integer, nullable=False)
 
 
+class Outbox(SQLModel, table=True):
+    """Every message Kesu must push, written in the transaction of the change that caused it.
+
+    A crash can then never lose a notification nor send one for a change that rolled back;
+    a dispatcher delivers the rows afterwards (``Store.claim_due``), at least once.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),
+        Index("ix_outbox_case_id", "case_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(sa_type=String(64), nullable=False)  # "staff_notification" | "customer_reply" | …
+    channel: str = Field(sa_type=String, nullable=False)  # "telegram" | "wechat" | "wecom" | …
+    target: str = Field(sa_type=String, nullable=False)  # chat id, openid, robot key
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=json_type(), nullable=False)
+    # SET NULL: the delivery log outlives a deleted case (what was pushed to whom stays auditable).
+    case_id: int | None = Field(
+        default=None,
+        sa_type=Integer,
+        sa_column_args=[ForeignKey("cases.id", name="fk_outbox_case_id", ondelete="SET NULL")],
+        nullable=True,
+    )
+    state: str = Field(default="pending", sa_type=String(16), nullable=False)  # OUTBOX_STATES
+    attempts: int = Field(default=0, sa_type=Integer, nullable=False)
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    last_error: str | None = Field(default=None, sa_type=CleanText, nullable=True)
+    external_id: str | None = Field(default=None, sa_type=String, nullable=True)  # to edit the message later
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+
+
+class Evidence(SQLModel, table=True):
+    """Photos and documents a customer sent; kept unattached until their case is opened.
+
+    Only the platform's reference is stored (file id, media id or URL), never the bytes.
+    """
+
+    __tablename__ = "evidence"
+    __table_args__ = (Index("ix_evidence_channel_customer_case", "channel", "customer_id", "case_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(sa_type=String, nullable=False)
+    customer_id: str = Field(sa_type=String, nullable=False)
+    # CASCADE: evidence belongs to its case; set free, it would be attached to the customer's next case.
+    case_id: int | None = Field(
+        default=None,
+        sa_type=Integer,
+        sa_column_args=[ForeignKey("cases.id", name="fk_evidence_case_id", ondelete="CASCADE")],
+        nullable=True,
+    )
+    kind: str = Field(sa_type=String(16), nullable=False)  # EVIDENCE_KINDS
+    file_ref: str = Field(sa_type=CleanString, nullable=False)
+    file_name: str | None = Field(default=None, sa_type=CleanString, nullable=True)
+    mime: str | None = Field(default=None, sa_type=CleanString, nullable=True)
+    caption: str | None = Field(default=None, sa_type=CleanText, nullable=True)
+    channel_message_id: str | None = Field(default=None, sa_type=CleanString, nullable=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
 def table_of(model: type[SQLModel]) -> Table:
     """The Core ``Table`` of a model, typed (``__table__`` is untyped on SQLModel classes)."""
     table = model.__table__  # type: ignore[attr-defined]
@@ -150,3 +230,5 @@ messages = table_of(Message)
 cases = table_of(Case)
 case_events = table_of(CaseEvent)
 case_counters = table_of(CaseCounter)
+outbox = table_of(Outbox)
+evidence = table_of(Evidence)

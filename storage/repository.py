@@ -13,26 +13,30 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, RowMapping, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, Integer, RowMapping, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Executable
 
 from storage.case_numbers import format_case_number, normalize_case_number
 from storage.db import BEGIN_OPTION, make_engine, upgrade_schema
 from storage.models import (
+    EVIDENCE_KINDS,
+    OUTBOX_STATES,
     PRIORITIES,
     PUBLIC_FIELDS,
     case_counters,
     case_events,
     cases,
     conversations,
+    evidence,
     messages,
+    outbox,
 )
 from storage.sqltypes import as_utc
 
@@ -82,6 +86,8 @@ class CaseDraft:
     fields: dict[str, Any]
     transcript: list[dict[str, str]]
     opened_at: datetime
+    unrouted: bool = False
+    """The mall has no staff group of its own: the notification goes to the deployment's fallback group."""
 
 
 @dataclass(frozen=True)
@@ -108,9 +114,17 @@ class CaseRecord:
     updated_at: datetime
     fields: dict[str, Any] = field(default_factory=dict)
     transcript: list[dict[str, str]] = field(default_factory=list)
+    owner: str | None = None
+    """Staff identity that claimed the case ("telegram:123456"); None until someone does."""
+    owner_name: str | None = None
+    claimed_at: datetime | None = None
+    unrouted: bool = False
 
     def public_dict(self) -> dict[str, Any]:
-        """JSON-ready view with the product's public keys, for the CLI, exports and APIs."""
+        """JSON-ready view with the product's public keys, for the CLI, exports and APIs.
+
+        The owner's display name is shown, never the staff identity (a platform account id).
+        """
         out: dict[str, Any] = {
             "number": self.number,
             "status": self.status,
@@ -118,11 +132,52 @@ class CaseRecord:
         }
         for key in PUBLIC_FIELDS:
             out[key] = _json_value(self.fields.get(key))
+        out["owner_name"] = self.owner_name
+        out["unrouted"] = self.unrouted
         return out
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """A message to push; ``state`` is one of OUTBOX_STATES and ``attempts`` counts claims so far."""
+
+    id: int
+    kind: str
+    channel: str
+    target: str
+    payload: dict[str, Any]
+    case_id: int | None
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    external_id: str | None
+    created_at: datetime
+    sent_at: datetime | None
+
+
+@dataclass(frozen=True)
+class EvidenceRecord:
+    """A photo or document reference a customer sent; ``case_id`` is None until its case is opened."""
+
+    id: int
+    channel: str
+    customer_id: str
+    case_id: int | None
+    kind: str
+    file_ref: str
+    file_name: str | None
+    mime: str | None
+    caption: str | None
+    created_at: datetime
 
 
 class StaleConversation(Exception):
     """Another turn saved this conversation first; the caller reloads and retries."""
+
+
+class CaseNotFound(LookupError):
+    """No case has this id (a claim button for a case that was deleted, or a caller bug)."""
 
 
 # --------------------------------------------------------------------------- conversions
@@ -217,12 +272,49 @@ def _case_record(row: RowMapping) -> CaseRecord:
         updated_at=row["updated_at"],
         fields={key: row[key] for key in PUBLIC_FIELDS},
         transcript=row["transcript"],
+        owner=row["owner"],
+        owner_name=row["owner_name"],
+        claimed_at=row["claimed_at"],
+        unrouted=row["unrouted"],
     )
 
 
 def _event_record(row: RowMapping) -> CaseEventRecord:
     return CaseEventRecord(
         kind=row["kind"], actor=row["actor"], data=row["data"], created_at=row["created_at"]
+    )
+
+
+def _outbox_item(row: RowMapping) -> OutboxItem:
+    return OutboxItem(
+        id=row["id"],
+        kind=row["kind"],
+        channel=row["channel"],
+        target=row["target"],
+        payload=row["payload"],
+        case_id=row["case_id"],
+        state=row["state"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+        external_id=row["external_id"],
+        created_at=row["created_at"],
+        sent_at=row["sent_at"],
+    )
+
+
+def _evidence_record(row: RowMapping) -> EvidenceRecord:
+    return EvidenceRecord(
+        id=row["id"],
+        channel=row["channel"],
+        customer_id=row["customer_id"],
+        case_id=row["case_id"],
+        kind=row["kind"],
+        file_ref=row["file_ref"],
+        file_name=row["file_name"],
+        mime=row["mime"],
+        caption=row["caption"],
+        created_at=row["created_at"],
     )
 
 
@@ -248,6 +340,48 @@ class _Statements:
     insert_event: Executable
     find_inbound: Executable
     replies_after: Executable
+    claim_case: Executable
+    insert_outbox: Executable
+    insert_evidence: Executable
+    attach_evidence: Executable
+    claim_due: Executable
+    mark_sent: Executable
+    mark_retry: Executable
+    mark_failed: Executable
+
+
+def _claim_due(dialect_name: str) -> Executable:
+    """Lease the oldest due items in one statement: pending and due, or "sending" with a lapsed lease.
+
+    A lapsed lease means the dispatcher that took the item died mid-send, so the item goes out
+    again (delivery is at least once). PostgreSQL: ``FOR UPDATE SKIP LOCKED`` in a MATERIALIZED
+    CTE (evaluated once, so the LIMIT holds) lets several dispatchers take disjoint batches without
+    waiting on each other; a row another one claimed and committed meanwhile is re-checked against
+    the WHERE and dropped. SQLite: the caller's BEGIN IMMEDIATE already makes this the only writer.
+    """
+    o = outbox.c
+    now = bindparam("now", type_=o.next_attempt_at.type)
+    due = (
+        select(o.id)
+        .where(
+            or_(
+                and_(o.state == "pending", o.next_attempt_at <= now),
+                and_(o.state == "sending", o.lease_until < now),
+            )
+        )
+        .order_by(o.next_attempt_at, o.id)
+        .limit(bindparam("limit", type_=Integer()))
+    )
+    claim = update(outbox).values(
+        state="sending",
+        attempts=o.attempts + 1,
+        lease_until=bindparam("lease_until", type_=o.lease_until.type),
+        updated_at=bindparam("now", type_=o.updated_at.type),
+    )
+    if dialect_name == "postgresql":
+        taken = due.with_for_update(skip_locked=True).cte("due").prefix_with("MATERIALIZED")
+        return claim.where(o.id == taken.c.id).returning(*outbox.c)
+    return claim.where(o.id.in_(due.scalar_subquery())).returning(*outbox.c)
 
 
 @cache
@@ -259,7 +393,7 @@ def _statements(dialect_name: str) -> _Statements:
         upsert = sqlite.insert
     else:
         raise NotImplementedError(f"unsupported database dialect: {dialect_name}")
-    m, c = messages.c, conversations.c
+    m, c, o, e = messages.c, conversations.c, outbox.c, evidence.c
     return _Statements(
         load_conversation=select(conversations).where(
             c.channel == bindparam("channel"), c.customer_id == bindparam("customer_id")
@@ -306,6 +440,54 @@ def _statements(dialect_name: str) -> _Statements:
             m.direction == "out",
         )
         .order_by(m.id),
+        claim_case=update(cases)
+        .where(cases.c.id == bindparam("w_id"), cases.c.owner.is_(None))
+        .values(
+            owner=bindparam("owner", type_=cases.c.owner.type),
+            owner_name=bindparam("owner_name", type_=cases.c.owner_name.type),
+            claimed_at=bindparam("at", type_=cases.c.claimed_at.type),
+            status="claimed",
+            updated_at=bindparam("at", type_=cases.c.updated_at.type),
+        )
+        .returning(cases.c.id),
+        insert_outbox=insert(outbox).returning(o.id),
+        insert_evidence=insert(evidence).returning(e.id),
+        attach_evidence=update(evidence)
+        .where(
+            e.channel == bindparam("w_channel"),
+            e.customer_id == bindparam("w_customer_id"),
+            e.case_id.is_(None),
+        )
+        .values(case_id=bindparam("case_id", type_=e.case_id.type)),
+        claim_due=_claim_due(dialect_name),
+        mark_sent=update(outbox)
+        .where(o.id == bindparam("w_id"))
+        .values(
+            state="sent",
+            external_id=bindparam("external_id", type_=o.external_id.type),
+            lease_until=None,
+            sent_at=bindparam("at", type_=o.sent_at.type),
+            updated_at=bindparam("at", type_=o.updated_at.type),
+        ),
+        # Only a "sending" item goes back or fails: a dispatcher whose lease lapsed must not undo
+        # the delivery another dispatcher has since recorded.
+        mark_retry=update(outbox)
+        .where(o.id == bindparam("w_id"), o.state == "sending")
+        .values(
+            state="pending",
+            last_error=bindparam("last_error", type_=o.last_error.type),
+            next_attempt_at=bindparam("next_attempt_at", type_=o.next_attempt_at.type),
+            lease_until=None,
+            updated_at=bindparam("at", type_=o.updated_at.type),
+        ),
+        mark_failed=update(outbox)
+        .where(o.id == bindparam("w_id"), o.state == "sending")
+        .values(
+            state="failed",
+            last_error=bindparam("last_error", type_=o.last_error.type),
+            lease_until=None,
+            updated_at=bindparam("at", type_=o.updated_at.type),
+        ),
     )
 
 
@@ -342,6 +524,11 @@ class Reader:
         row = self._conn.execute(select(cases).where(cases.c.number == canonical)).mappings().first()
         return None if row is None else _case_record(row)
 
+    def get_case_by_id(self, case_id: int) -> CaseRecord | None:
+        """The case behind a staff button or an outbox item (they carry the id, not the number)."""
+        row = self._conn.execute(select(cases).where(cases.c.id == case_id)).mappings().first()
+        return None if row is None else _case_record(row)
+
     def get_case_events(self, case_id: int) -> list[CaseEventRecord]:
         """A case's timeline, oldest first."""
         query = select(case_events).where(case_events.c.case_id == case_id).order_by(case_events.c.id)
@@ -376,6 +563,30 @@ class Reader:
         rows = [_message_record(row) for row in self._conn.execute(query).mappings()]
         rows.reverse()
         return rows
+
+    def evidence_for_case(self, case_id: int) -> list[EvidenceRecord]:
+        """The photos and documents attached to a case, in the order the customer sent them."""
+        query = select(evidence).where(evidence.c.case_id == case_id).order_by(evidence.c.id)
+        return [_evidence_record(row) for row in self._conn.execute(query).mappings()]
+
+    def outbox_items(
+        self, *, state: str | None = None, case_id: int | None = None, limit: int = 100
+    ) -> list[OutboxItem]:
+        """Outbox items newest first, optionally of one state or case, so stuck or failed pushes are visible."""
+        query = select(outbox).order_by(outbox.c.created_at.desc(), outbox.c.id.desc()).limit(limit)
+        if state is not None:
+            query = query.where(outbox.c.state == state)
+        if case_id is not None:
+            query = query.where(outbox.c.case_id == case_id)
+        return [_outbox_item(row) for row in self._conn.execute(query).mappings()]
+
+    def outbox_counts(self) -> dict[str, int]:
+        """Items per state; every state of OUTBOX_STATES is present, so a health check can read 0."""
+        query = select(outbox.c.state, func.count()).group_by(outbox.c.state)
+        counts = dict.fromkeys(OUTBOX_STATES, 0)
+        for state, count in self._conn.execute(query):
+            counts[state] = count
+        return counts
 
     def _cases(self, query: Executable) -> list[CaseRecord]:
         return [_case_record(row) for row in self._conn.execute(query).mappings()]
@@ -486,6 +697,10 @@ class UnitOfWork(Reader):
                 "updated_at": opened_at,
                 **values,
                 "transcript": transcript,
+                "owner": None,
+                "owner_name": None,
+                "claimed_at": None,
+                "unrouted": draft.unrouted,
             },
         ).scalar_one()
         self.add_case_event(
@@ -502,6 +717,7 @@ class UnitOfWork(Reader):
             updated_at=opened_at,
             fields=values,
             transcript=transcript,
+            unrouted=draft.unrouted,
         )
 
     def add_case_event(
@@ -510,6 +726,96 @@ class UnitOfWork(Reader):
         """Append to a case's timeline (the history a hand-over must keep)."""
         params = {"case_id": case_id, "kind": kind, "actor": actor, "data": data, "created_at": as_utc(at)}
         self._conn.execute(self._sql.insert_event, params)
+
+    def claim_case(self, *, case_id: int, owner: str, owner_name: str, at: datetime) -> tuple[bool, CaseRecord]:
+        """Make ``owner`` the case's owner unless someone already is; True if this call won.
+
+        One conditional UPDATE (``WHERE owner IS NULL``) decides, so of two staff tapping "claim"
+        at once exactly one wins on either backend: PostgreSQL re-checks the condition after
+        waiting for the winner's row lock, SQLite has one writer. The loser gets the current case
+        to say who has it. Only the winner writes the "claimed" event.
+        """
+        at = as_utc(at)
+        params = {"w_id": case_id, "owner": owner, "owner_name": owner_name, "at": at}
+        won = self._conn.execute(self._sql.claim_case, params).first() is not None
+        if won:
+            self.add_case_event(
+                case_id=case_id, kind="claimed", actor=owner, data={"owner_name": owner_name}, at=at
+            )
+        case = self.get_case_by_id(case_id)
+        if case is None:
+            raise CaseNotFound(f"no case with id {case_id}")
+        return won, case
+
+    def enqueue(
+        self,
+        *,
+        kind: str,
+        channel: str,
+        target: str,
+        payload: dict[str, Any],
+        case_id: int | None,
+        at: datetime,
+    ) -> int:
+        """Queue a push in this turn's transaction: it is sent if and only if the turn commits."""
+        at = as_utc(at)
+        params = {
+            "kind": kind,
+            "channel": channel,
+            "target": target,
+            "payload": payload,
+            "case_id": case_id,
+            "state": "pending",
+            "attempts": 0,
+            "next_attempt_at": at,
+            "lease_until": None,
+            "last_error": None,
+            "external_id": None,
+            "created_at": at,
+            "updated_at": at,
+            "sent_at": None,
+        }
+        item_id: int = self._conn.execute(self._sql.insert_outbox, params).scalar_one()
+        return item_id
+
+    def add_evidence(
+        self,
+        *,
+        channel: str,
+        customer_id: str,
+        kind: str,
+        file_ref: str,
+        file_name: str | None,
+        mime: str | None,
+        caption: str | None,
+        channel_message_id: str | None,
+        at: datetime,
+    ) -> int:
+        """Keep a reference to a file the customer sent; it joins their case when it is opened."""
+        if kind not in EVIDENCE_KINDS:
+            raise ValueError(f"evidence kind must be one of {EVIDENCE_KINDS}, got {kind!r}")
+        params = {
+            "channel": channel,
+            "customer_id": customer_id,
+            "case_id": None,
+            "kind": kind,
+            "file_ref": file_ref,
+            "file_name": file_name,
+            "mime": mime,
+            "caption": caption,
+            "channel_message_id": channel_message_id,
+            "created_at": as_utc(at),
+        }
+        evidence_id: int = self._conn.execute(self._sql.insert_evidence, params).scalar_one()
+        return evidence_id
+
+    def attach_evidence(self, *, channel: str, customer_id: str, case_id: int) -> int:
+        """Link this customer's not-yet-attached evidence to ``case_id``; returns how many were linked.
+
+        Matching on (channel, customer_id) means another customer's files never join the case.
+        """
+        params = {"w_channel": channel, "w_customer_id": customer_id, "case_id": case_id}
+        return self._conn.execute(self._sql.attach_evidence, params).rowcount
 
 
 # --------------------------------------------------------------------------- store
@@ -548,8 +854,13 @@ class Store:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[UnitOfWork]:
-        with self._write_lock, self._engine.begin() as connection:
+        with self._writing() as connection:
             yield UnitOfWork(connection, self._sql)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        with self._write_lock, self._engine.begin() as connection:
+            yield connection
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Reader]:
@@ -569,6 +880,10 @@ class Store:
         with self.reading() as reader:
             return reader.get_case(number)
 
+    def get_case_by_id(self, case_id: int) -> CaseRecord | None:
+        with self.reading() as reader:
+            return reader.get_case_by_id(case_id)
+
     def get_case_events(self, case_id: int) -> list[CaseEventRecord]:
         with self.reading() as reader:
             return reader.get_case_events(case_id)
@@ -585,6 +900,67 @@ class Store:
         with self.reading() as reader:
             return reader.messages(channel, customer_id, limit=limit)
 
+    def evidence_for_case(self, case_id: int) -> list[EvidenceRecord]:
+        with self.reading() as reader:
+            return reader.evidence_for_case(case_id)
+
+    def outbox_items(
+        self, *, state: str | None = None, case_id: int | None = None, limit: int = 100
+    ) -> list[OutboxItem]:
+        with self.reading() as reader:
+            return reader.outbox_items(state=state, case_id=case_id, limit=limit)
+
+    def outbox_counts(self) -> dict[str, int]:
+        with self.reading() as reader:
+            return reader.outbox_counts()
+
+    # ------------------------------------------------------------------ outbox dispatch
+    # Each call is its own short write transaction: a dispatcher holds no transaction while it
+    # talks to a platform, only the lease recorded on the items it took.
+
+    def claim_due(
+        self, *, now: datetime, limit: int = 20, lease: timedelta = timedelta(seconds=60)
+    ) -> list[OutboxItem]:
+        """Take up to ``limit`` due items (oldest first) for ``lease``; no two callers get the same item.
+
+        Due means pending with ``next_attempt_at <= now``, or "sending" with a lapsed lease (its
+        dispatcher died). Each taken item counts one more attempt. Finish every item with
+        ``mark_sent``, ``mark_retry`` or ``mark_failed`` before the lease runs out, or it is sent again.
+        """
+        if lease <= timedelta(0):
+            raise ValueError(f"lease must be positive, got {lease!r}")
+        if limit <= 0:
+            return []
+        now = as_utc(now)
+        params = {"now": now, "lease_until": now + lease, "limit": limit}
+        with self._writing() as connection:
+            rows = connection.execute(self._sql.claim_due, params).mappings().all()
+        # RETURNING order is unspecified (PostgreSQL returns join order): restore the claim order.
+        return sorted((_outbox_item(row) for row in rows), key=lambda item: (item.next_attempt_at, item.id))
+
+    def mark_sent(self, item_id: int, *, external_id: str | None, at: datetime) -> None:
+        """Delivered; ``external_id`` is the platform's message id, kept to edit the message later."""
+        params = {"w_id": item_id, "external_id": external_id, "at": as_utc(at)}
+        with self._writing() as connection:
+            connection.execute(self._sql.mark_sent, params)
+
+    def mark_retry(self, item_id: int, *, error: str, next_attempt_at: datetime, at: datetime) -> None:
+        """A transient failure: back to pending until ``next_attempt_at``. No-op unless the item is "sending"."""
+        params = {
+            "w_id": item_id,
+            "last_error": error,
+            "next_attempt_at": as_utc(next_attempt_at),
+            "at": as_utc(at),
+        }
+        with self._writing() as connection:
+            connection.execute(self._sql.mark_retry, params)
+
+    def mark_failed(self, item_id: int, *, error: str, at: datetime) -> None:
+        """A permanent failure (blocked bot, bad target): never retried. No-op unless the item is "sending"."""
+        params = {"w_id": item_id, "last_error": error, "at": as_utc(at)}
+        with self._writing() as connection:
+            connection.execute(self._sql.mark_failed, params)
+
     def close(self) -> None:
         """Release pooled connections."""
         self._engine.dispose()
@@ -594,9 +970,12 @@ class Store:
 __all__ = [
     "CaseDraft",
     "CaseEventRecord",
+    "CaseNotFound",
     "CaseRecord",
     "ConversationRecord",
+    "EvidenceRecord",
     "MessageRecord",
+    "OutboxItem",
     "Reader",
     "StaleConversation",
     "Store",

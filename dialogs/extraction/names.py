@@ -126,6 +126,8 @@ def name_from_answer(text: str) -> str | None:
         return _clean_surname(bare[: honorific.start()]) if bare[: honorific.start()] else None
     if re.fullmatch(rf"{_NAME_CHARS}{{2,4}}", bare) and bare not in _NOT_NAMES and _surname_ok(bare):
         return bare
+    if len(bare) in (1, 2) and _clean_surname(bare) == bare:
+        return bare  # just the surname: "孔", "欧阳"
     if re.fullmatch(r"[A-Za-z][A-Za-z .'-]{1,30}", bare):
         return bare
     return None

@@ -59,7 +59,6 @@ def find_problem(text: str, facts: list[tuple[int, int]]) -> str | None:
     only state the expectation are left out; everything else about the problem is kept.
     """
     kept: list[str] = []
-    leftovers: list[str] = []
     position = 0
     for part in clauses(text):
         start = text.find(part, position)
@@ -69,14 +68,11 @@ def find_problem(text: str, facts: list[tuple[int, int]]) -> str | None:
         covered = sum(min(e, position) - max(s, start) for s, e in facts if s < position and start < e)
         if covered >= len(part) * 0.8:
             continue
-        if PROBLEM_WORDS.search(part):
+        # A statement that is none of the recorded facts, no small talk and no request is most
+        # likely part of what went wrong, in words no lexicon lists.
+        if PROBLEM_WORDS.search(part) or _is_leftover_statement(part, covered):
             kept.append(part)
-        elif _is_leftover_statement(part, covered):
-            leftovers.append(part)
-    # No known problem word: a statement that is none of the recorded facts, no small talk and
-    # no request is most likely what went wrong, in words the lexicon does not know.
-    chosen = kept or (leftovers if len(leftovers) <= 2 else [])
-    return "，".join(chosen) if chosen else None
+    return "，".join(kept) if kept else None
 
 
 _SMALL_TALK = re.compile(

@@ -201,3 +201,8 @@ def test_messages_without_facts_yield_only_priority(text: str, catalog: Catalog)
 ])
 def test_injury_needs_a_person_not_a_surface(text: str, priority: str, catalog: Catalog) -> None:
     assert fields(text, catalog)["priority"] == priority
+
+
+@pytest.mark.parametrize(("answer", "name"), [("孔", "孔"), ("欧阳", "欧阳"), ("姓程", "程")])
+def test_a_surname_alone_answers_the_name_question(answer: str, name: str, catalog: Catalog) -> None:
+    assert extract(answer, now=NOW, catalog=catalog, asking="name").values["name"] == name

@@ -252,6 +252,8 @@ def test_open_case_round_trips_every_field(store: Store) -> None:
     assert set(fetched.fields) == set(PUBLIC_FIELDS)
     assert fetched.fields["amount"] == Decimal("12800") and isinstance(fetched.fields["amount"], Decimal)
     assert fetched.fields["over_warranty"] is False
+    assert fetched.owner is None and fetched.owner_name is None and fetched.claimed_at is None
+    assert fetched.unrouted is False
     assert fetched.fields["purchase_date"] == date(2026, 10, 1)
     assert fetched.transcript == TRANSCRIPT
     assert fetched.created_at.utcoffset() == timedelta(0)
@@ -270,7 +272,8 @@ def test_open_case_with_fractional_amount_and_missing_fields(store: Store) -> No
 
 def test_public_dict_is_json_ready_with_exact_keys(store: Store) -> None:
     whole = open_case(store, draft()).public_dict()
-    assert set(whole) == {"number", "status", "created_at", *PUBLIC_FIELDS}
+    assert set(whole) == {"number", "status", "created_at", *PUBLIC_FIELDS, "owner_name", "unrouted"}
+    assert whole["owner_name"] is None and whole["unrouted"] is False
     assert json.loads(json.dumps(whole, ensure_ascii=False)) == whole
     assert whole["amount"] == 12800 and isinstance(whole["amount"], int)
     assert whole["purchase_date"] == "2026-10-01" and whole["delivery_date"] == "2026-10-15"

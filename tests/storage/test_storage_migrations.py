@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import io
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 from alembic import command
@@ -12,14 +13,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import Engine, Integer, Numeric, String, column, inspect, table
 from sqlmodel import SQLModel
 
 import storage.models  # noqa: F401  (registers the tables)
+from storage.case_numbers import format_case_number
 from storage.db import MIGRATIONS_DIR, alembic_config, make_engine, upgrade_schema
 from storage.repository import CaseDraft, Store
+from storage.sqltypes import UTCDateTime, json_type
 
-TABLES = {"conversations", "messages", "cases", "case_events", "case_counters"}
+TABLES = {"conversations", "messages", "cases", "case_events", "case_counters", "outbox", "evidence"}
 
 
 def current_revision(url: str) -> str | None:
@@ -105,6 +108,8 @@ def test_offline_sql_generation(db_backend: str) -> None:
     command.upgrade(cli_config(url, output=output), "head", sql=True)
     sql = output.getvalue()
     assert "CREATE TABLE cases" in sql and "CREATE TABLE case_counters" in sql
+    assert "CREATE TABLE outbox" in sql and "CREATE TABLE evidence" in sql
+    assert "ALTER TABLE cases ADD COLUMN unrouted" in sql
     assert ("JSONB" in sql) is (db_backend == "postgres")
 
 
@@ -130,3 +135,96 @@ def test_in_memory_sqlite_works_for_single_threaded_tools() -> None:
         assert store.list_cases() == []
     finally:
         store.close()
+
+
+# ----------------------------------------------------------------- 0001 -> 0002 on live data
+
+CASES_0001 = table(
+    "cases",
+    column("id", Integer),  # not inserted explicitly: PostgreSQL's sequence would not follow
+    column("number", String),
+    column("status", String),
+    column("channel", String),
+    column("customer_id", String),
+    column("conversation_id", Integer),
+    column("created_at", UTCDateTime),
+    column("updated_at", UTCDateTime),
+    column("name", String),
+    column("amount", Numeric(12, 2)),
+    column("priority", String),
+    column("expectation", json_type()),
+    column("transcript", json_type()),
+)
+EVENTS_0001 = table(
+    "case_events",
+    column("case_id", Integer),
+    column("kind", String),
+    column("actor", String),
+    column("data", json_type()),
+    column("created_at", UTCDateTime),
+)
+
+
+def migrate_to(engine: Engine, revision: str) -> None:
+    with engine.begin() as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+
+
+def test_upgrade_0001_to_0002_keeps_existing_cases_and_defaults_the_new_columns(db_url: str) -> None:
+    opened = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+    number = format_case_number(date(2026, 11, 20), 1)
+    engine = make_engine(db_url)
+    try:
+        migrate_to(engine, "0001")
+        with engine.begin() as conn:
+            case_id = conn.execute(
+                CASES_0001.insert().returning(CASES_0001.c.id),
+                {
+                    "number": number,
+                    "status": "new",
+                    "channel": "wechat",
+                    "customer_id": "o-1",
+                    "conversation_id": 7,
+                    "created_at": opened,
+                    "updated_at": opened,
+                    "name": "张",
+                    "amount": Decimal("12800.00"),
+                    "priority": "important",
+                    "expectation": ["exchange"],
+                    "transcript": [{"role": "customer", "text": "沙发坏了"}],
+                },
+            ).scalar_one()
+            event = {"kind": "opened", "actor": "customer", "data": {"channel": "wechat"}, "created_at": opened}
+            conn.execute(EVENTS_0001.insert(), {"case_id": case_id, **event})
+        assert current_revision(db_url) == "0001"
+
+        upgrade_schema(engine)
+
+        assert current_revision(db_url) == head_revision()
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "compare_server_default": True}
+            )
+            assert compare_metadata(context, SQLModel.metadata) == []
+        store = Store(engine)
+        case = store.get_case(number)
+        assert case is not None and case.id == case_id and case.created_at == opened
+        assert case.fields["name"] == "张" and case.fields["amount"] == Decimal("12800")
+        assert case.fields["priority"] == "important" and case.fields["expectation"] == ["exchange"]
+        assert case.transcript == [{"role": "customer", "text": "沙发坏了"}]
+        assert (case.owner, case.owner_name, case.claimed_at, case.unrouted) == (None, None, None, False)
+        assert [e.kind for e in store.get_case_events(case_id)] == ["opened"]  # no rebuild cascaded them away
+        # The upgraded case takes part in the new features.
+        with store.unit_of_work() as uow:
+            won, claimed = uow.claim_case(case_id=case_id, owner="telegram:42", owner_name="李经理", at=opened)
+            uow.enqueue(kind="staff_notification", channel="telegram", target="-100", payload={"text": "x"},
+                        case_id=case_id, at=opened)
+            newer = uow.open_case(CaseDraft(channel="wechat", customer_id="o-2", conversation_id=8, fields={},
+                                            transcript=[], opened_at=opened + timedelta(days=1), unrouted=True))
+        assert won and claimed.owner_name == "李经理"
+        assert [item.case_id for item in store.outbox_items()] == [case_id]
+        assert newer.number != number and store.get_case(newer.number) == newer and newer.unrouted
+    finally:
+        engine.dispose()
