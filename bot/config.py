@@ -63,7 +63,8 @@ class Settings(BaseSettings):
         problems = []
         telegram = {"KESU_TELEGRAM_TOKEN": self.telegram_token}
         if self.telegram_mode == "webhook":
-            telegram |= {"KESU_TELEGRAM_WEBHOOK_SECRET": self.telegram_webhook_secret, "KESU_PUBLIC_URL": self.public_url}
+            telegram |= {"KESU_TELEGRAM_WEBHOOK_SECRET": self.telegram_webhook_secret,
+                         "KESU_PUBLIC_URL": self.public_url}
         wechat = {"KESU_WECHAT_TOKEN": self.wechat_token, "KESU_WECHAT_APP_ID": self.wechat_app_id,
                   "KESU_WECHAT_APP_SECRET": self.wechat_app_secret}
         for name, group in (("Telegram", telegram), ("WeChat", wechat)):

@@ -70,7 +70,7 @@ def find_problem(text: str, facts: list[tuple[int, int]]) -> str | None:
             continue
         # A statement that is none of the recorded facts, no small talk and no request is most
         # likely part of what went wrong, in words no lexicon lists.
-        if PROBLEM_WORDS.search(part) or _is_leftover_statement(part, covered):
+        if (PROBLEM_WORDS.search(part) or _is_leftover_statement(part, covered)) and part not in kept:
             kept.append(part)
     return "，".join(kept) if kept else None
 
@@ -81,7 +81,8 @@ _SMALL_TALK = re.compile(
 _FACT_VERBS = re.compile(r"买|购|订|签|付|花了|交了|送到|住在|家住")
 # Asides around a complaint: when to call, evidence at hand, threats, hearsay.
 _ASIDES = re.compile(r"方便|白天|晚上|上午|下午|中午|打这个|接电话|查一下|查查|发票|收据|小票|合同上|朋友|听说|律师|记者|电视台"
-                     r"|媒体|12315|消协|法院|看着办|不太会|不会打字|替我|代我")
+                     r"|媒体|12315|消协|法院|看着办|不太会|不会打字|替我|代我"
+                     r"|生气|气死|愤怒|火大|无语|崩溃|郁闷|烦死|过分|恶心|伤心|着急")  # feelings, not facts
 
 
 def _is_leftover_statement(part: str, covered: int) -> bool:
