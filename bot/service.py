@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from bot.notify import StaffNotifier
+from bot.outbound import OutboundMessage
 from bot.templating import Renderer
 from dialogs.catalog import Catalog
 from dialogs.engine import DialogState, LookUpCases, OpenCase, new_state, step
@@ -25,6 +27,16 @@ STATUS_CASES_SHOWN = 3
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A photo or file the customer sent: evidence for the case (receipts, damage photos)."""
+
+    kind: str  # "photo" | "document" | "voice" | "video" | "other"
+    file_ref: str  # the platform's file id / media id / URL
+    file_name: str | None = None
+    mime: str | None = None
+
+
+@dataclass(frozen=True)
 class InboundMessage:
     """A customer message as every channel adapter delivers it."""
 
@@ -33,23 +45,35 @@ class InboundMessage:
     text: str
     message_id: str | None = None  # the channel's id, for de-duplicating retries
     at: datetime | None = None
+    attachments: tuple[Attachment, ...] = ()
+    # Push channels (Telegram) set where replies go: they are then written to the outbox in the
+    # turn's transaction and delivered by the dispatcher, so a failed send is retried, not lost.
+    # Request/response channels (WeChat passive reply, web, console) leave it None.
+    push_to: str | None = None
 
 
 @dataclass(frozen=True)
 class TurnOutcome:
-    replies: list[str]
+    messages: list[OutboundMessage]
     state: DialogState
     case: CaseRecord | None = None
     duplicate: bool = False
 
+    @property
+    def replies(self) -> list[str]:
+        return [message.text for message in self.messages]
+
 
 class IntakeService:
     def __init__(self, store: Store, catalog: Catalog, renderer: Renderer,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 notifier: StaffNotifier | None = None, on_outbox: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.catalog = catalog
         self.renderer = renderer
         self.clock = clock
+        self.notifier = notifier
+        self.on_outbox = on_outbox  # wakes the dispatcher after a turn that queued messages
 
     def state_of(self, channel: str, customer_id: str) -> DialogState:
         record = self.store.load_conversation(channel, customer_id)
@@ -59,13 +83,19 @@ class IntakeService:
         now = message.at or self.clock()
         for _ in range(MAX_TURN_ATTEMPTS):
             try:
-                return self._turn(message, now)
+                outcome, queued = self._turn(message, now)
             except StaleConversation:
                 continue
+            if queued:
+                self.on_outbox()
+            return outcome
         raise RuntimeError(f"conversation {message.channel}/{message.customer_id} kept changing under this turn")
 
-    def _turn(self, message: InboundMessage, now: datetime) -> TurnOutcome:
-        """The whole turn in one transaction: a crash anywhere leaves all of it or none of it."""
+    def _turn(self, message: InboundMessage, now: datetime) -> tuple[TurnOutcome, bool]:
+        """The whole turn in one transaction: a crash anywhere leaves all of it or none of it.
+
+        Returns the outcome and whether anything was queued in the outbox.
+        """
         with self.store.unit_of_work() as uow:
             inbound_id = uow.record_inbound(channel=message.channel, customer_id=message.customer_id,
                                             text=message.text, at=now, channel_message_id=message.message_id)
@@ -73,8 +103,14 @@ class IntakeService:
             previous = DialogState.model_validate(record.state) if record else None
             if inbound_id is None:  # the channel re-sent a message we answered: same answer, no new turn
                 earlier = uow.replies_for(message.channel, message.customer_id, message.message_id or "")
-                return TurnOutcome(earlier or [], previous or new_state(now), duplicate=True)
-            turn = step(previous or new_state(now), message.text, now=now, catalog=self.catalog)
+                return TurnOutcome([OutboundMessage(text) for text in earlier or []], previous or new_state(now),
+                                   duplicate=True), False
+            for attachment in message.attachments:
+                uow.add_evidence(channel=message.channel, customer_id=message.customer_id, kind=attachment.kind,
+                                 file_ref=attachment.file_ref, file_name=attachment.file_name, mime=attachment.mime,
+                                 caption=message.text or None, channel_message_id=message.message_id, at=now)
+            turn = step(previous or new_state(now), message.text, now=now, catalog=self.catalog,
+                        attachments=len(message.attachments))
             state = turn.state
             if state.transcript_from is None and (previous is None or previous.transcript_from is None):
                 # The first message of a new intake; a turn that just reset the intake (case opened,
@@ -85,23 +121,44 @@ class IntakeService:
                                           expected_version=record.version if record else None, at=now)
             context: dict[str, Any] = {}
             case: CaseRecord | None = None
+            queued = False
             for effect in turn.effects:
                 if isinstance(effect, OpenCase):
                     transcript = self._transcript(uow, message, previous)
                     case = self._open_case(uow, message, saved.id, effect, transcript, now)
+                    queued = self._notify_staff(uow, case, now) or queued
                     context["case_number"] = case.number
                 elif isinstance(effect, LookUpCases):
                     context.update(self._status_context(uow, message, effect))
-            texts = [self.renderer.render(reply.template, {**reply.context, **context}) for reply in turn.replies]
-            uow.record_outbound(channel=message.channel, customer_id=message.customer_id, texts=texts,
-                                in_reply_to=inbound_id, at=now)
-        return TurnOutcome(texts, state, case)
+            outbound = [self.renderer.message(reply.template, {**reply.context, **context},
+                                              [(c.payload, c.label) for c in reply.choices])
+                        for reply in turn.replies]
+            uow.record_outbound(channel=message.channel, customer_id=message.customer_id,
+                                texts=[m.text for m in outbound], in_reply_to=inbound_id, at=now)
+            if message.push_to is not None:
+                for reply in outbound:
+                    uow.enqueue(kind="customer_reply", channel=message.channel, target=message.push_to,
+                                payload=reply.as_payload(), case_id=case.id if case else None, at=now)
+                queued = queued or bool(outbound)
+        return TurnOutcome(outbound, state, case), queued
+
+    def _notify_staff(self, uow: UnitOfWork, case: CaseRecord, now: datetime) -> bool:
+        """Queue the new-case notices in the case's own transaction: a case is never silently unnotified."""
+        if self.notifier is None:
+            return False
+        deliveries = self.notifier.new_case(case)
+        for delivery in deliveries:
+            uow.enqueue(kind="staff_notification", channel=delivery.channel, target=delivery.target,
+                        payload=delivery.message.as_payload(), case_id=case.id, at=now)
+        return bool(deliveries)
 
     def _open_case(self, uow: UnitOfWork, message: InboundMessage, conversation_id: int, effect: OpenCase,
                    transcript: list[dict[str, str]], now: datetime) -> CaseRecord:
+        routed = self.notifier is None or self.notifier.is_routed(effect.fields.get("mall"))
         case = uow.open_case(CaseDraft(channel=message.channel, customer_id=message.customer_id,
                                        conversation_id=conversation_id, fields=effect.fields,
-                                       transcript=transcript, opened_at=now))
+                                       transcript=transcript, opened_at=now, unrouted=not routed))
+        uow.attach_evidence(channel=message.channel, customer_id=message.customer_id, case_id=case.id)
         if effect.priority_reasons:
             uow.add_case_event(case_id=case.id, kind="graded", actor="kesu",
                                data={"priority": effect.fields["priority"], "rules": effect.priority_reasons}, at=now)

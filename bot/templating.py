@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined
 
+from bot.outbound import Button, OutboundMessage
+
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 BUILTIN_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -78,6 +80,16 @@ class Renderer:
     def render(self, template: str, context: dict[str, Any]) -> str:
         text = self.env.get_template(f"{template}.j2").render(**context)
         return "\n".join(line.rstrip() for line in text.strip().splitlines() if line.strip())
+
+    def button_label(self, payload: str) -> str:
+        """The label of a suggested-answer or staff-action button (templates/…/_buttons.j2)."""
+        return str(self.env.get_template("_buttons.j2").module.label(payload)).strip()  # type: ignore[attr-defined]
+
+    def message(self, template: str, context: dict[str, Any],
+                choices: Sequence[tuple[str, str | None]] = ()) -> OutboundMessage:
+        """A rendered reply with its buttons, one per row (phones show long labels in full)."""
+        buttons = tuple((Button(label or self.button_label(payload), payload),) for payload, label in choices)
+        return OutboundMessage(self.render(template, context), buttons)
 
     def template_names(self) -> list[str]:
         """Every renderable template (partials starting with "_" excluded)."""

@@ -146,8 +146,8 @@ def new_state(now: datetime, *, greeted: bool = False) -> DialogState:
     return DialogState(last_seen=now, greeted=greeted)
 
 
-def step(state: DialogState, message: str, *, now: datetime, catalog: Catalog) -> Turn:
-    """Process one customer message."""
+def step(state: DialogState, message: str, *, now: datetime, catalog: Catalog, attachments: int = 0) -> Turn:
+    """Process one customer message; `attachments` counts the photos/files that came with it."""
     turn = _Turn(state.model_copy(deep=True), now, catalog)
     s = turn.state
     returning = s.last_seen is not None and now - s.last_seen > RESUME_AFTER and bool(s.fields)
@@ -160,6 +160,10 @@ def step(state: DialogState, message: str, *, now: datetime, catalog: Catalog) -
         turn.say("welcome_back")
     if len(text) > MAX_EXTRACT_CHARS:
         turn.say("long_message", limit=MAX_EXTRACT_CHARS)
+    if attachments:
+        turn.say("evidence_received", count=attachments)
+        if not text:
+            return _prompt(turn)
 
     intent = classify(text) if text else Intent.GIBBERISH
     if s.phase == "cancelling":

@@ -77,6 +77,15 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         {"case": CASE, "field_keys": FIELD_KEYS, "mall_name": "红星美凯龙上海真北商场", "events": EVENTS},
         {"case": CASE, "field_keys": FIELD_KEYS, "mall_name": None, "events": []},
     ],
+    "evidence_received": [{"count": 1}, {"count": 3}],
+    "staff/new_case": [
+        {"case": CASE, "fields": CASE.fields, "mall_name": "红星美凯龙上海真北商场", "unrouted": False},
+        {"case": CASE, "fields": {**CASE.fields, "priority": "major"}, "mall_name": None, "unrouted": True},
+    ],
+    "staff/new_case_wecom": [
+        {"case": CASE, "fields": CASE.fields, "mall_name": "红星美凯龙上海真北商场", "unrouted": False},
+        {"case": CASE, "fields": {**CASE.fields, "priority": "important"}, "mall_name": None, "unrouted": True},
+    ],
     # `kesu cases show` renders this one for a number that does not exist.
     "case_not_found": [{"number": "KS2611220027"}],
     "case_opened": [
