@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/kesu chat
+	$(BIN)/kesu serve
 
 test: $(STAMP)
 	$(BIN)/ruff check .

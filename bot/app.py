@@ -1,15 +1,24 @@
-"""Explicit factories: settings in, a wired service out. Nothing is built at import time."""
+"""Explicit factories: settings in, a wired service or server out. Nothing is built at import time."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from bot.config import Settings
+from bot.notify import StaffNotifier
 from bot.service import IntakeService
 from bot.templating import Renderer
-from dialogs.catalog import load_catalog
+from dialogs.catalog import Catalog, load_catalog
 from storage.repository import Store
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+
+class ConfigurationError(Exception):
+    """The deployment's settings cannot work; the message says which setting to fix."""
 
 
 def build_renderer(settings: Settings) -> Renderer:
@@ -21,10 +30,43 @@ def build_store(settings: Settings) -> Store:
     return Store.from_url(settings.database_url, migrate=True)
 
 
-def build_service(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> IntakeService:
+def build_service(settings: Settings, *, clock: Callable[[], datetime] | None = None,
+                  store: Store | None = None, catalog: Catalog | None = None,
+                  on_outbox: Callable[[], None] = lambda: None) -> IntakeService:
+    catalog = catalog or load_catalog(settings.catalog)
+    renderer = build_renderer(settings)
     return IntakeService(
-        store=build_store(settings),
-        catalog=load_catalog(settings.catalog),
-        renderer=build_renderer(settings),
+        store=store or build_store(settings),
+        catalog=catalog,
+        renderer=renderer,
         clock=clock or (lambda: datetime.now(UTC)),
+        notifier=StaffNotifier(catalog, renderer, settings),
+        on_outbox=on_outbox,
     )
+
+
+def build_server(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Starlette:
+    """The `kesu serve` application with every configured channel; refuses half-configured ones."""
+    from bot.dispatch import Dispatcher
+    from bot.server import create_app
+    from bot.staff import StaffService
+    from handlers.web import web_adapter
+
+    problems = settings.channel_problems()
+    if problems:
+        raise ConfigurationError("; ".join(problems))
+    store = build_store(settings)
+    dispatcher = Dispatcher(store, senders={}, clock=clock or (lambda: datetime.now(UTC)))
+    service = build_service(settings, clock=clock, store=store, on_outbox=dispatcher.wake)
+    staff = StaffService(store, service.catalog, settings, clock=service.clock)
+    adapters = [web_adapter(service, service.renderer)]
+    # Channel adapters register below, one block each (keep edits to your own block).
+    # --- telegram ---
+    # --- wechat ---
+    # --- wecom ---
+    # --- rasa ---
+    for adapter in adapters:
+        if adapter.sender is not None:
+            dispatcher.senders[adapter.name] = adapter.sender
+        dispatcher.senders.update(adapter.senders)
+    return create_app(service, dispatcher, adapters)

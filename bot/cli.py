@@ -138,6 +138,28 @@ def cases_show(
         "events": store.get_case_events(record.id)}))
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Default: KESU_HOST or 127.0.0.1.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Default: KESU_PORT or 8080.")] = None,
+    catalog: CatalogOption = None,
+    db: DbOption = None,
+) -> None:
+    """Run the service: web chat at /, Telegram and WeChat webhooks when configured, staff notifications."""
+    import uvicorn
+
+    from bot.app import ConfigurationError, build_server
+
+    settings = _settings(catalog, db)
+    try:
+        server = build_server(settings)
+    except ConfigurationError as problem:
+        typer.echo(f"kesu serve: {problem}", err=True)
+        raise typer.Exit(2) from problem
+    uvicorn.run(server, host=host or settings.host, port=port or settings.port, log_level="info",
+                proxy_headers=True)
+
+
 @db_app.command("upgrade")
 def db_upgrade(db: DbOption = None) -> None:
     """Create or upgrade the schema (Alembic migrations). Kesu also does this at start-up."""

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -52,7 +52,7 @@ def backoff(attempts: int, hint: float | None) -> timedelta:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, senders: Mapping[str, Sender],
+    def __init__(self, store: Store, senders: dict[str, Sender],
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
         self.senders = senders
