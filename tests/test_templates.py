@@ -86,6 +86,13 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         {"case": CASE, "fields": CASE.fields, "mall_name": "红星美凯龙上海真北商场", "unrouted": False},
         {"case": CASE, "fields": {**CASE.fields, "priority": "important"}, "mall_name": None, "unrouted": True},
     ],
+    "staff/case_brief": [
+        {"case": CASE, "mall_name": "红星美凯龙上海真北商场"},
+        {"case": CASE, "mall_name": None},
+    ],
+    "staff/claimed": [{"case": CASE, "won": True}, {"case": CASE, "won": False}],
+    "staff/not_allowed": [{}],
+    "web/chat.html": [{}],
     # `kesu cases show` renders this one for a number that does not exist.
     "case_not_found": [{"number": "KS2611220027"}],
     "case_opened": [
