@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -63,6 +64,7 @@ SUMMARY_ITEMS = [
     {"field": key, "value": ZHENBEI if key == "mall" else CASE_FIELDS[key], "unknown": key == "order_no"}
     for key in FIELD_KEYS
 ]
+CLAIMED = dataclasses.replace(CASE, status="claimed", owner="telegram:42", owner_name="李经理")
 ASK_CONTEXTS = [{"again": False, "attempt": 1}, {"again": True, "attempt": 2}]
 
 # One or more realistic contexts per template name, as the engine / CLI would pass them.
@@ -90,7 +92,7 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         {"case": CASE, "mall_name": "红星美凯龙上海真北商场"},
         {"case": CASE, "mall_name": None},
     ],
-    "staff/claimed": [{"case": CASE, "won": True}, {"case": CASE, "won": False}],
+    "staff/claimed": [{"case": CLAIMED, "won": True}, {"case": CLAIMED, "won": False}],
     "staff/not_allowed": [{}],
     "web/chat.html": [{}],
     # `kesu cases show` renders this one for a number that does not exist.
