@@ -58,13 +58,28 @@ def build_server(settings: Settings, *, clock: Callable[[], datetime] | None = N
     store = build_store(settings)
     dispatcher = Dispatcher(store, senders={}, clock=clock or (lambda: datetime.now(UTC)))
     service = build_service(settings, clock=clock, store=store, on_outbox=dispatcher.wake)
-    staff = StaffService(store, service.catalog, settings, clock=service.clock)  # noqa: F841 - used by adapters
+    staff = StaffService(store, service.catalog, settings, clock=service.clock)  # used by adapters
     adapters = [web_adapter(service, service.renderer)]
     # Channel adapters register below, one block each (keep edits to your own block).
     # --- telegram ---
+    if settings.telegram_enabled:
+        from handlers.telegram import telegram_adapter
+
+        adapters.append(telegram_adapter(settings, service, staff))
     # --- wechat ---
+    if settings.wechat_enabled:
+        from handlers.wechat import wechat_adapter
+
+        adapters.append(wechat_adapter(settings, service))
     # --- wecom ---
+    from handlers.wecom import wecom_adapter  # always on: robot keys come from the catalog
+
+    adapters.append(wecom_adapter(settings, clock=service.clock))
     # --- rasa ---
+    if settings.rasa_actions:  # Rasa's action server, in-process: POST /rasa/webhook
+        from handlers.rasa_actions import rasa_adapter
+
+        adapters.append(rasa_adapter(service, token=settings.rasa_token))
     for adapter in adapters:
         if adapter.sender is not None:
             dispatcher.senders[adapter.name] = adapter.sender

@@ -6,6 +6,7 @@ import getpass
 import json
 import sys
 import uuid
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +21,8 @@ cases_app = typer.Typer(help="Look at cases as staff would.", no_args_is_help=Tr
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(cases_app, name="cases")
 app.add_typer(db_app, name="db")
+telegram_app = typer.Typer(help="Telegram bot: webhook registration or long polling.", no_args_is_help=True)
+app.add_typer(telegram_app, name="telegram")
 
 NowOption = Annotated[str | None, typer.Option(
     "--now", help="The conversation's clock, ISO-8601 (e.g. 2026-11-22T14:30:00+08:00); default: real time.")]
@@ -167,6 +170,70 @@ def db_upgrade(db: DbOption = None) -> None:
 
     upgrade_schema(_settings(db=db).database_url)
     typer.echo("ok")
+
+
+DropPendingOption = Annotated[bool, typer.Option(
+    "--drop-pending", help="Discard the updates Telegram is still holding for the bot.")]
+
+
+def _telegram_call(action: str, call: Callable[[Settings], Coroutine[object, object, object]],
+                   settings: Settings) -> object:
+    import asyncio
+
+    from telegram.error import TelegramError
+
+    try:
+        return asyncio.run(call(settings))
+    except ValueError as problem:  # a setting is missing
+        typer.echo(f"kesu telegram {action}: {problem}", err=True)
+        raise typer.Exit(2) from problem
+    except TelegramError as problem:
+        typer.echo(f"kesu telegram {action}: Telegram said: {problem}", err=True)
+        raise typer.Exit(1) from problem
+
+
+@telegram_app.command("set-webhook")
+def telegram_set_webhook(drop_pending: DropPendingOption = False) -> None:
+    """Register KESU_PUBLIC_URL/telegram/webhook with Telegram, with KESU_TELEGRAM_WEBHOOK_SECRET."""
+    from handlers.telegram import set_webhook
+
+    url = _telegram_call("set-webhook", lambda s: set_webhook(s, drop_pending_updates=drop_pending), _settings())
+    typer.echo(f"webhook set: {url}")
+
+
+@telegram_app.command("delete-webhook")
+def telegram_delete_webhook(drop_pending: DropPendingOption = False) -> None:
+    """Remove the webhook (needed before long polling; `kesu telegram poll` also does it)."""
+    from handlers.telegram import delete_webhook
+
+    _telegram_call("delete-webhook", lambda s: delete_webhook(s, drop_pending_updates=drop_pending), _settings())
+    typer.echo("webhook deleted")
+
+
+@telegram_app.command("poll")
+def telegram_poll(catalog: CatalogOption = None, db: DbOption = None) -> None:
+    """Run Kesu on Telegram long polling (no public URL needed), with the outbox dispatcher; Ctrl-C stops."""
+    import asyncio
+    import contextlib
+
+    from bot.app import ConfigurationError, build_server
+
+    settings = _settings(catalog, db).model_copy(update={"telegram_mode": "polling"})
+    if not settings.telegram_enabled:
+        typer.echo("kesu telegram poll: set KESU_TELEGRAM_TOKEN", err=True)
+        raise typer.Exit(2)
+    try:
+        server = build_server(settings)
+    except ConfigurationError as problem:
+        typer.echo(f"kesu telegram poll: {problem}", err=True)
+        raise typer.Exit(2) from problem
+
+    async def run() -> None:
+        async with server.router.lifespan_context(server):
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
 
 
 def main() -> None:

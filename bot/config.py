@@ -57,6 +57,8 @@ class Settings(BaseSettings):
 
     # Rasa action server, in-process at /rasa/webhook
     rasa_actions: bool = True
+    rasa_token: str | None = Field(
+        default=None, description="When set, /rasa/webhook needs ?token=… (Rasa's action_endpoint `token:`)")
 
     def channel_problems(self) -> list[str]:
         """Half-configured channels, named by the setting that is missing; empty when all is well."""

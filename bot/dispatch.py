@@ -5,6 +5,11 @@ caused it. The dispatcher takes due items (a lease, so several `kesu serve` proc
 send the same item at once), hands each to its channel's sender, and records the outcome:
 sent, retry later with backoff, or failed for good. Its state is visible in the outbox table
 and on /healthz.
+
+Attempts: every claim counts one (``Store.claim_due``); a transient failure (``RetryLater``)
+goes back with backoff until MAX_ATTEMPTS claims have been made, then fails. A sender whose own
+per-target rate limit is full raises ``Throttled`` instead of waiting, so other targets keep
+flowing; the item is handed back untried (``Store.defer``) and that claim does not count.
 """
 
 from __future__ import annotations
@@ -33,6 +38,18 @@ class RetryLater(Exception):
     def __init__(self, reason: str, after: float | None = None) -> None:
         super().__init__(reason)
         self.after = after
+
+
+class Throttled(RetryLater):
+    """The sender's own rate limiter is full for this target: the item was not tried at all.
+
+    The dispatcher hands the item back with ``Store.defer``: pending again after ``after`` seconds,
+    without counting the attempt its claim took, so waiting for a slot never fails an item.
+    """
+
+    def __init__(self, reason: str, after: float) -> None:
+        super().__init__(reason, after)
+        self.after: float = after
 
 
 class Undeliverable(Exception):
@@ -70,20 +87,24 @@ class Dispatcher:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         while True:
+            # Cleared before the pass, not after: a wake() while the pass runs must not be lost.
+            self._wake.clear()
             try:
                 delivered = await self.run_once()
             except Exception:  # the loop must survive a database hiccup; the items stay queued
                 log.exception("outbox pass failed")
                 delivered = 0
             if delivered == 0:
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
 
     async def run_once(self) -> int:
         """One pass over due items; returns how many were taken."""
         items = await asyncio.to_thread(self.store.claim_due, now=self.clock())
-        await asyncio.gather(*(self._deliver(item) for item in items))
+        outcomes = await asyncio.gather(*(self._deliver(item) for item in items), return_exceptions=True)
+        for item, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, BaseException):  # recording the outcome failed: its lease lapses, it goes again
+                log.error("outbox item %s: could not record the outcome", item.id, exc_info=outcome)
         return len(items)
 
     async def _deliver(self, item: OutboxItem) -> None:
@@ -95,14 +116,24 @@ class Dispatcher:
             return
         try:
             external_id = await sender.send(item.target, OutboundMessage.from_payload(item.payload))
+        except Throttled as problem:
+            later = self.clock() + timedelta(seconds=max(problem.after, 0.0))
+            await asyncio.to_thread(self.store.defer, item.id, next_attempt_at=later, at=self.clock())
         except RetryLater as problem:
-            if item.attempts >= MAX_ATTEMPTS:
-                await asyncio.to_thread(self.store.mark_failed, item.id, error=str(problem), at=self.clock())
-                return
-            later = self.clock() + backoff(item.attempts, problem.after)
-            await asyncio.to_thread(self.store.mark_retry, item.id, error=str(problem), next_attempt_at=later,
-                                    at=self.clock())
+            await self._retry_or_fail(item, str(problem), problem.after)
         except Undeliverable as problem:
             await asyncio.to_thread(self.store.mark_failed, item.id, error=str(problem), at=self.clock())
+        except Exception as problem:  # a sender bug or an unforeseen error: retried like a transient one
+            log.exception("sending outbox item %s on %s failed unexpectedly", item.id, item.channel)
+            await self._retry_or_fail(item, f"{type(problem).__name__}: {problem}", None)
         else:
             await asyncio.to_thread(self.store.mark_sent, item.id, external_id=external_id, at=self.clock())
+
+    async def _retry_or_fail(self, item: OutboxItem, error: str, hint: float | None) -> None:
+        """Back to pending with backoff; failed for good once MAX_ATTEMPTS tries have been made."""
+        if item.attempts >= MAX_ATTEMPTS:
+            await asyncio.to_thread(self.store.mark_failed, item.id,
+                                    error=f"gave up after {item.attempts} attempts: {error}", at=self.clock())
+            return
+        later = self.clock() + backoff(item.attempts, hint)
+        await asyncio.to_thread(self.store.mark_retry, item.id, error=error, next_attempt_at=later, at=self.clock())

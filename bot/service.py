@@ -7,7 +7,7 @@ channel's retry of the same message id gets the same answer without being proces
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +17,8 @@ from bot.outbound import OutboundMessage
 from bot.templating import Renderer
 from dialogs.catalog import Catalog
 from dialogs.engine import DialogState, LookUpCases, OpenCase, new_state, step
+from dialogs.extraction.priority import PRIORITY_ORDER
+from dialogs.fields import FIELD_KEYS, from_state_value
 from storage.case_numbers import find_case_number
 from storage.repository import CaseDraft, CaseRecord, Reader, StaleConversation, Store, UnitOfWork
 
@@ -90,6 +92,43 @@ class IntakeService:
                 self.on_outbox()
             return outcome
         raise RuntimeError(f"conversation {message.channel}/{message.customer_id} kept changing under this turn")
+
+    def submit(self, channel: str, customer_id: str, fields: Mapping[str, Any], at: datetime | None = None, *,
+               transcript: Sequence[Mapping[str, str]] = (), priority_reasons: Sequence[str] = (),
+               corrections: Sequence[Mapping[str, Any]] = ()) -> CaseRecord:
+        """Open a case from fields another dialog collected (Rasa): public keys, JSON values as `kesu extract`
+        prints them; missing keys are None, `priority` defaults to normal.
+
+        Same as the confirming turn of `handle`: one transaction with the staff notices, and the
+        customer's intake conversation on `channel` starts afresh. The transcript is stored as given
+        ({"role": "customer" | "kesu", "text", "at"}); corrections as the engine records them.
+        """
+        extra = set(fields) - set(FIELD_KEYS)
+        if extra:
+            raise ValueError(f"not case fields: {', '.join(sorted(extra))}")
+        typed = {key: from_state_value(key, fields.get(key)) for key in FIELD_KEYS}
+        typed["priority"] = fields.get("priority") or "normal"
+        if typed["priority"] not in PRIORITY_ORDER:
+            raise ValueError(f"priority must be one of {', '.join(PRIORITY_ORDER)}")
+        effect = OpenCase(fields=typed, priority_reasons=list(priority_reasons),
+                          corrections=[dict(change) for change in corrections])
+        now = at or self.clock()
+        opening = InboundMessage(channel, customer_id, text="", at=now)
+        for _ in range(MAX_TURN_ATTEMPTS):
+            try:
+                with self.store.unit_of_work() as uow:
+                    record = uow.load_conversation(channel, customer_id)
+                    saved = uow.save_conversation(channel=channel, customer_id=customer_id,
+                                                  state=new_state(now, greeted=True).model_dump(mode="json"),
+                                                  expected_version=record.version if record else None, at=now)
+                    case = self._open_case(uow, opening, saved.id, effect, [dict(line) for line in transcript], now)
+                    queued = self._notify_staff(uow, case, now)
+            except StaleConversation:
+                continue
+            if queued:
+                self.on_outbox()
+            return case
+        raise RuntimeError(f"conversation {channel}/{customer_id} kept changing under this submission")
 
     def _turn(self, message: InboundMessage, now: datetime) -> tuple[TurnOutcome, bool]:
         """The whole turn in one transaction: a crash anywhere leaves all of it or none of it.

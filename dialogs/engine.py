@@ -215,6 +215,26 @@ def step(state: DialogState, message: str, *, now: datetime, catalog: Catalog, a
     return _prompt(turn)
 
 
+def fill(state: DialogState, message: str, *, now: datetime, catalog: Catalog) -> Turn:
+    """Merge one message's facts into `state` the way `step` does, without choosing what to ask next.
+
+    For dialog managers that ask on their own (a Rasa form): `state.asking` is the field they asked
+    for. The replies are only about this message (invalid or ambiguous values, "不知道" to the
+    question, what was noted), plus the open choice, if any, as its question.
+    """
+    turn = _Turn(state.model_copy(deep=True), now, catalog)
+    turn.state.last_seen = now
+    text = clean_message(message)
+    found = extract(text, now=now, catalog=catalog, asking=turn.state.asking,
+                    known_city=turn.state.fields.get("city"))
+    _resolve_choice(turn, text, found)
+    _answer_to_question(turn, text, found)
+    _merge(turn, text, found)
+    if turn.state.choice is not None:
+        turn.replies.append(_choice_reply(catalog, turn.state.choice))
+    return turn.done()
+
+
 def _resolve_choice(turn: _Turn, text: str, found: Extraction) -> None:
     """A reply to "which of these did you mean": a number, a name, or a city."""
     choice = turn.state.choice
@@ -385,9 +405,7 @@ def _prompt(turn: _Turn) -> Turn:
     if s.phase == "cancelling":
         return turn.done()
     if s.choice is not None:
-        options = [_display(turn.catalog, s.choice.field, o)["value"] for o in s.choice.options]
-        turn.replies.append(Reply("choose", {"field": s.choice.field, "options": options},
-                                  tuple(Choice(str(i), label) for i, label in enumerate(options, 1))))
+        turn.replies.append(_choice_reply(turn.catalog, s.choice))
         s.asking = s.choice.field
         return turn.done()
     key = _next_field(s)
@@ -401,6 +419,12 @@ def _prompt(turn: _Turn) -> Turn:
     s.asking = key
     turn.say(f"ask/{key}", again=again, attempt=s.attempts[key])
     return turn.done()
+
+
+def _choice_reply(catalog: Catalog, choice: PendingChoice) -> Reply:
+    options = [_display(catalog, choice.field, o)["value"] for o in choice.options]
+    return Reply("choose", {"field": choice.field, "options": options},
+                 tuple(Choice(str(i), label) for i, label in enumerate(options, 1)))
 
 
 def _open_case(turn: _Turn) -> Turn:

@@ -348,6 +348,7 @@ class _Statements:
     mark_sent: Executable
     mark_retry: Executable
     mark_failed: Executable
+    defer: Executable
 
 
 def _claim_due(dialect_name: str) -> Executable:
@@ -485,6 +486,16 @@ def _statements(dialect_name: str) -> _Statements:
         .values(
             state="failed",
             last_error=bindparam("last_error", type_=o.last_error.type),
+            lease_until=None,
+            updated_at=bindparam("at", type_=o.updated_at.type),
+        ),
+        # Handed back untried (the sender's own rate limit): the claim's attempt is given back.
+        defer=update(outbox)
+        .where(o.id == bindparam("w_id"), o.state == "sending")
+        .values(
+            state="pending",
+            attempts=func.max(o.attempts - 1, 0) if dialect_name == "sqlite" else func.greatest(o.attempts - 1, 0),
+            next_attempt_at=bindparam("next_attempt_at", type_=o.next_attempt_at.type),
             lease_until=None,
             updated_at=bindparam("at", type_=o.updated_at.type),
         ),
@@ -960,6 +971,15 @@ class Store:
         params = {"w_id": item_id, "last_error": error, "at": as_utc(at)}
         with self._writing() as connection:
             connection.execute(self._sql.mark_failed, params)
+
+    def defer(self, item_id: int, *, next_attempt_at: datetime, at: datetime) -> None:
+        """Hand a claimed item back untried (the sender's own rate limit was full): pending again
+        until ``next_attempt_at``, and the attempt its claim counted is given back, so waiting for a
+        slot never brings an item nearer to failing. ``last_error`` is kept. No-op unless "sending".
+        """
+        params = {"w_id": item_id, "next_attempt_at": as_utc(next_attempt_at), "at": as_utc(at)}
+        with self._writing() as connection:
+            connection.execute(self._sql.defer, params)
 
     def close(self) -> None:
         """Release pooled connections."""

@@ -94,7 +94,11 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     ],
     "staff/claimed": [{"case": CLAIMED, "won": True}, {"case": CLAIMED, "won": False}],
     "staff/not_allowed": [{}],
+    "staff/case_usage": [{}],
     "web/chat.html": [{}],
+    "wechat/options": [{"options": ["是", "不是", "不清楚"]}, {"options": ["没有"]}],
+    "wechat/template_remark": [{}],
+    "wechat/unsupported": [{"kind": kind} for kind in ("voice", "location", "link", "other")],
     # `kesu cases show` renders this one for a number that does not exist.
     "case_not_found": [{"number": "KS2611220027"}],
     "case_opened": [
