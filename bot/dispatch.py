@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
 MAX_BACKOFF = timedelta(minutes=10)
 IDLE_POLL_SECONDS = 5.0
+MIN_DEFER_SECONDS = 0.1  # a throttled item is never due again at once (no claim-defer spinning)
 
 
 class RetryLater(Exception):
@@ -117,7 +118,7 @@ class Dispatcher:
         try:
             external_id = await sender.send(item.target, OutboundMessage.from_payload(item.payload))
         except Throttled as problem:
-            later = self.clock() + timedelta(seconds=max(problem.after, 0.0))
+            later = self.clock() + timedelta(seconds=max(problem.after, MIN_DEFER_SECONDS))
             await asyncio.to_thread(self.store.defer, item.id, next_attempt_at=later, at=self.clock())
         except RetryLater as problem:
             await self._retry_or_fail(item, str(problem), problem.after)

@@ -135,7 +135,7 @@ class _FormReading:
     has_purchase_date: bool
     messages: list[OutboundMessage]
     about: list[str | None]  # the field each message is about; None: about the whole message
-    repeat: bool  # Rasa validates this message a second time: say nothing twice
+    repeat: bool  # this message was read before (its events applied): say nothing twice
     said: set[int] = field(default_factory=set)
 
     def candidates(self) -> set[str]:

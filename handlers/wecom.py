@@ -23,6 +23,7 @@ closes the key's window for a minute here too.
 from __future__ import annotations
 
 import logging
+import re
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -112,6 +113,21 @@ def robot_body(message: OutboundMessage) -> dict[str, Any]:
     return {"msgtype": "text", "text": {"content": fit_bytes(message.text, TEXT_MAX_BYTES)}}
 
 
+class _RedactRobotKeys(logging.Filter):
+    """httpx logs every request URL at INFO; a robot key in a log is a password in a log."""
+
+    _KEY = re.compile(r"([?&]key=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "key=" in message:
+            record.msg, record.args = self._KEY.sub(r"\1***", message), ()
+        return True
+
+
+_REDACT_KEYS = _RedactRobotKeys()
+
+
 def _masked_key(key: str) -> str:
     """Enough of a robot key to tell which one, never the whole key (it is the robot's password)."""
     return f"{key[:4]}…{key[-4:]}" if len(key) > 12 else "…"
@@ -126,6 +142,7 @@ class WeComRobotSender:
         self.api_url = api_url
         self.limiter = RobotRateLimiter(per_minute, clock)
         self._client = client or httpx.AsyncClient(timeout=REQUEST_TIMEOUT, follow_redirects=False)
+        logging.getLogger("httpx").addFilter(_REDACT_KEYS)  # the same filter object: added once
 
     async def send(self, target: str, message: OutboundMessage) -> str | None:
         if not target:

@@ -456,6 +456,15 @@ def test_submit_without_the_required_slots_is_rejected_in_rasas_format(call: Cal
     assert store.list_cases() == []
 
 
+def test_service_submit_takes_only_case_fields(settings: Settings, store: Store) -> None:
+    service = build_service(settings, clock=lambda: NOW, store=store)
+    with pytest.raises(ValueError, match="colour"):
+        service.submit("rasa", "x", {"colour": "red"})
+    with pytest.raises(ValueError, match="priority"):
+        service.submit("rasa", "x", {"priority": "urgent"})
+    assert store.list_cases() == []
+
+
 # --------------------------------------------------------------------------- the /rasa/webhook route
 
 

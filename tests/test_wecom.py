@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import threading
 from collections.abc import Coroutine, Iterator
@@ -385,3 +386,14 @@ def test_a_major_case_reaches_the_escalation_robot_too(served_robot: tuple[FakeR
     assert sorted(p.key for p in posts) == sorted(["demo-zhenbei-robot-key", ESCALATION_KEY])
     assert all(number in p.content and "重大投诉" in p.content for p in posts)
     no_full_phone(robot)
+
+
+def test_robot_keys_never_reach_the_logs(robot: FakeRobot, clock: ManualClock,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        send(sender_for(robot, clock))
+        robot.refuse_key(KEY)
+        with pytest.raises(Undeliverable):
+            send(sender_for(robot, clock))
+    assert "HTTP Request: POST" in caplog.text  # httpx did log the request…
+    assert KEY not in caplog.text  # …without the key
