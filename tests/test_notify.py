@@ -52,7 +52,7 @@ def settings(**overrides: Any) -> Settings:
 
 @pytest.fixture(scope="module")
 def catalog() -> Catalog:
-    return load_catalog()
+    return load_catalog(Path(__file__).parent / "data" / "routed_catalog.yaml")  # 真北 has staff groups
 
 
 @pytest.fixture(scope="module")

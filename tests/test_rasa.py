@@ -194,7 +194,8 @@ def db_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(db_url: str) -> Settings:
-    return Settings(_env_file=None, database_url=db_url)  # type: ignore[call-arg]
+    return Settings(_env_file=None, database_url=db_url,  # type: ignore[call-arg]
+                    catalog=Path(__file__).parent / "data" / "routed_catalog.yaml")  # 真北 has staff groups
 
 
 @pytest.fixture

@@ -84,6 +84,9 @@ def moving_clock() -> Callable[[], datetime]:
     return lambda: NOW + timedelta(seconds=time.monotonic() - start)
 
 
+ROUTED_CATALOG = Path(__file__).parent / "data" / "routed_catalog.yaml"  # the demo malls, 真北 with staff groups
+
+
 def make_settings(tmp_path: Path, fake: FakeBotAPI, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": f"sqlite:///{tmp_path / 'kesu.db'}",
@@ -93,6 +96,7 @@ def make_settings(tmp_path: Path, fake: FakeBotAPI, **overrides: Any) -> Setting
         "telegram_api_url": fake.base_url,
         "fallback_telegram_chat": FALLBACK_GROUP,
         "wecom_api_url": "http://127.0.0.1:9/cgi-bin/webhook/send",  # nothing listens: never the internet
+        "catalog": ROUTED_CATALOG,
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -325,9 +325,13 @@ def open_case_in_web_chat(base_url: str, mall: str, extra: str = "") -> str:
     return str(answer["case"])
 
 
+ROUTED_CATALOG = Path(__file__).parent / "data" / "routed_catalog.yaml"  # the demo malls, 真北 with staff groups
+
+
 def serve_settings(db_url: str, robot_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"catalog": ROUTED_CATALOG, **overrides}
     return Settings(_env_file=None, database_url=db_url, wecom_api_url=robot_url,  # type: ignore[call-arg]
-                    **overrides)
+                    **values)
 
 
 def no_full_phone(robot: FakeRobot) -> None:
