@@ -138,7 +138,25 @@ def cases_show(
     mall = load_catalog(settings.catalog).mall(record.fields.get("mall") or "")
     typer.echo(renderer.render("case_detail", {
         "case": record, "field_keys": FIELD_KEYS, "mall_name": mall.name if mall else None,
-        "events": store.get_case_events(record.id)}))
+        "events": store.get_case_events(record.id), "deliveries": store.outbox_items(case_id=record.id)}))
+
+
+@app.command()
+def outbox(
+    state: Annotated[str | None, typer.Option("--state", help="pending, sending, sent or failed.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
+    db: DbOption = None,
+) -> None:
+    """Messages waiting to go out, or that went out or failed: staff notifications and pushed replies."""
+    from bot.app import build_renderer, build_store
+    from storage.models import OUTBOX_STATES
+
+    if state is not None and state not in OUTBOX_STATES:
+        raise typer.BadParameter(f"one of {', '.join(OUTBOX_STATES)}", param_hint="--state")
+    settings = _settings(db=db)
+    store = build_store(settings)
+    typer.echo(build_renderer(settings).render("outbox_list", {
+        "items": store.outbox_items(state=state, limit=limit), "counts": store.outbox_counts()}))
 
 
 @app.command()

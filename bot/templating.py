@@ -55,6 +55,11 @@ def cn_time(value: datetime | str) -> str:
     return f"{local:%Y-%m-%d %H:%M}"
 
 
+def mask_target(value: str) -> str:
+    """Robot keys are credentials and openids personal: staff see enough to tell them apart."""
+    return value if len(value) <= 12 or value.lstrip("-").isdigit() else f"{value[:4]}…{value[-4:]}"
+
+
 def pad(value: object, width: int) -> str:
     """Left-align in a terminal column: CJK characters take two cells."""
     text = str(value)
@@ -75,7 +80,8 @@ class Renderer:
             lstrip_blocks=True,
             keep_trailing_newline=False,
         )
-        self.env.filters.update(mask_phone=mask_phone, money=money, cn_date=cn_date, cn_time=cn_time, pad=pad)
+        self.env.filters.update(mask_phone=mask_phone, money=money, cn_date=cn_date, cn_time=cn_time, pad=pad,
+                                mask_target=mask_target)
 
     def render(self, template: str, context: dict[str, Any]) -> str:
         text = self.env.get_template(f"{template}.j2").render(**context)

@@ -367,3 +367,16 @@ def test_bad_now_in_extract_is_a_clear_error(tmp_path: Path) -> None:
     result = kesu("extract", "--now", "next tuesday", stdin="你好", cwd=tmp_path)
     assert_clean_error(result, "--now")
     assert result.stdout == ""
+
+
+def test_outbox_shows_counts_by_state(conversation: tuple[str, list[dict[str, Any]]], workdir: Path) -> None:
+    db, _ = conversation
+    result = kesu("outbox", "--db", db, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    # The demo catalog routes nowhere, so nothing was queued for staff groups.
+    assert result.stdout.splitlines()[0] == "待发送 0｜发送中 0｜已送达 0｜发送失败 0"
+
+
+def test_outbox_rejects_an_unknown_state(workdir: Path, tmp_path: Path) -> None:
+    result = kesu("outbox", "--state", "lost", "--db", f"sqlite:///{tmp_path / 'o.db'}", cwd=workdir)
+    assert result.returncode != 0

@@ -16,7 +16,7 @@ from bot.app import build_renderer
 from bot.config import Settings
 from bot.templating import Renderer, cn_date, cn_time, mask_phone, money
 from dialogs.fields import ASK_ORDER, FIELD_KEYS
-from storage.repository import CaseEventRecord, CaseRecord
+from storage.repository import CaseEventRecord, CaseRecord, OutboxItem
 
 REPO = Path(__file__).resolve().parent.parent
 OPENED_UTC = datetime(2026, 11, 22, 6, 30, tzinfo=UTC)  # 14:30 in Shanghai
@@ -64,6 +64,16 @@ SUMMARY_ITEMS = [
     {"field": key, "value": ZHENBEI if key == "mall" else CASE_FIELDS[key], "unknown": key == "order_no"}
     for key in FIELD_KEYS
 ]
+DELIVERIES = [
+    OutboxItem(id=1, kind="staff_notification", channel="wecom", target="3f2a9c1d-robot-key-7788", payload={},
+               case_id=1, state="sent", attempts=1, next_attempt_at=datetime(2026, 11, 22, 6, 30, tzinfo=UTC),
+               last_error=None, external_id=None, created_at=datetime(2026, 11, 22, 6, 30, tzinfo=UTC),
+               sent_at=datetime(2026, 11, 22, 6, 30, 2, tzinfo=UTC)),
+    OutboxItem(id=2, kind="customer_reply", channel="wechat", target="oUser123456789abcdef", payload={},
+               case_id=1, state="failed", attempts=1, next_attempt_at=datetime(2026, 11, 22, 6, 30, tzinfo=UTC),
+               last_error="45015 response out of time limit, no template configured", external_id=None,
+               created_at=datetime(2026, 11, 22, 6, 30, tzinfo=UTC), sent_at=None),
+]
 CLAIMED = dataclasses.replace(CASE, status="claimed", owner="telegram:42", owner_name="李经理")
 ASK_CONTEXTS = [{"again": False, "attempt": 1}, {"again": True, "attempt": 2}]
 
@@ -76,8 +86,13 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "cancel_confirm": [{}],
     "cancelled": [{}],
     "case_detail": [
-        {"case": CASE, "field_keys": FIELD_KEYS, "mall_name": "红星美凯龙上海真北商场", "events": EVENTS},
-        {"case": CASE, "field_keys": FIELD_KEYS, "mall_name": None, "events": []},
+        {"case": CASE, "field_keys": FIELD_KEYS, "mall_name": "红星美凯龙上海真北商场", "events": EVENTS,
+         "deliveries": DELIVERIES},
+        {"case": CASE, "field_keys": FIELD_KEYS, "mall_name": None, "events": [], "deliveries": []},
+    ],
+    "outbox_list": [
+        {"items": DELIVERIES, "counts": {"pending": 0, "sending": 0, "sent": 1, "failed": 1}},
+        {"items": [], "counts": {"pending": 0, "sending": 0, "sent": 0, "failed": 0}},
     ],
     "evidence_received": [{"count": 1}, {"count": 3}],
     "staff/new_case": [
@@ -303,7 +318,7 @@ def test_customer_text_in_summary_and_case_views_is_shown_literally(renderer: Re
     case = CaseRecord(**{**CASE.__dict__, "fields": fields,
                          "transcript": [{"role": "customer", "text": injected, "at": "2026-11-22T14:30:00+08:00"}]})
     detail = renderer.render("case_detail", {"case": case, "field_keys": FIELD_KEYS, "mall_name": None,
-                                             "events": EVENTS})
+                                             "events": EVENTS, "deliveries": []})
     assert f"{injected} 扶手开裂" in detail
     assert detail.count(injected) >= 3  # description, name, address, transcript
     assert "49" not in detail
