@@ -25,7 +25,8 @@ Both ``kesu_app`` and ``bare_app`` are wrapped in ``BenchRoutes``, which answers
 - SQLite only: the wait for ``Store``'s in-process write lock (Kesu) and how long it is held, and
   the time of each ``BEGIN`` statement (``BEGIN IMMEDIATE`` waits there for SQLite's file lock);
 - the event loop's default thread pool (where ``asyncio.to_thread`` runs every turn): its size
-  and the number of calls queued for a free thread, sampled every 5 ms.
+  and the number of calls queued for a free thread, sampled every 5 ms. To see it, the factory
+  sets the loop's default executor to the one the loop would have created itself.
 """
 
 from __future__ import annotations
@@ -84,8 +85,7 @@ class Probes:
         self.engines: list[Engine] = []
         self.checked_out = 0
         self.reset()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._sampler: threading.Thread | None = None
+        self.executor: ThreadPoolExecutor | None = None
 
     def reset(self) -> None:
         with self._lock:
@@ -136,34 +136,35 @@ class Probes:
 
     # ---- the default thread pool
 
-    def watch_loop(self) -> None:
-        """Called on each request: starts the sampler once the server's loop is known."""
-        if not self.enabled or self._sampler is not None:
+    def watch_executor(self) -> None:
+        """Give the running loop a default executor this probe can see: the same one the loop would
+        create itself (``ThreadPoolExecutor()``: min(32, CPUs + 4) threads), then sample its queue."""
+        if not self.enabled:
             return
-        self._loop = asyncio.get_running_loop()
-        self._sampler = threading.Thread(target=self._sample, name="bench-sampler", daemon=True)
-        self._sampler.start()
-
-    def _executor(self) -> ThreadPoolExecutor | None:
-        executor = getattr(self._loop, "_default_executor", None)
-        return executor if isinstance(executor, ThreadPoolExecutor) else None
+        try:
+            loop = asyncio.get_running_loop()  # uvicorn calls the factory inside its loop
+        except RuntimeError:
+            return
+        self.executor = ThreadPoolExecutor(thread_name_prefix="bench-default")
+        loop.set_default_executor(self.executor)
+        threading.Thread(target=self._sample, name="bench-sampler", daemon=True).start()
 
     def _sample(self) -> None:
-        while True:
+        executor = self.executor
+        while executor is not None:
             time.sleep(SAMPLE_SECONDS)
-            executor = self._executor()
-            if executor is not None:
-                self.queue_samples.append(executor._work_queue.qsize())
+            self.queue_samples.append(executor._work_queue.qsize())
 
     # ---- report
 
     def stats(self) -> dict[str, Any]:
-        executor = self._executor()
+        executor = self.executor
         samples = list(self.queue_samples)
-        pools = [engine.pool.status() for engine in self.engines]
+        pools = [f"{engine.dialect.name} pool_size {getattr(engine.pool, 'size', lambda: '?')()} "
+                 f"max_overflow {getattr(engine.pool, '_max_overflow', '?')}" for engine in self.engines]
         return {
             "probes": self.enabled,
-            "pool": {"status": pools, "peak_checked_out": self.peak_checked_out, "checkouts": self.checkouts,
+            "pool": {"limits": pools, "peak_checked_out": self.peak_checked_out, "checkouts": self.checkouts,
                      "connects": self.connects, "checked_out_now": self.checked_out},
             "write_lock": {"wait": _summary(self.lock_waits), "hold": _summary(self.lock_holds)},
             "begin": _summary(self.begins),
@@ -210,7 +211,6 @@ class BenchRoutes:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        self.probes.watch_loop()
         path = scope["path"]
         if path == STATS_PATH:
             body = {**self.probes.stats(), **(self.extra() if self.extra else {})}
@@ -243,6 +243,7 @@ def kesu_app() -> ASGIApp:
     from storage.repository import Store
 
     probes = _probes()
+    probes.watch_executor()
     if probes.enabled:
         original_init = Store.__init__
 
@@ -255,7 +256,7 @@ def kesu_app() -> ASGIApp:
         setattr(Store, "__init__", init)  # noqa: B010
     start_at = datetime.fromisoformat(os.environ["BENCH_CLOCK_START"])
     started = time.monotonic()
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     app = build_server(settings, clock=lambda: start_at + timedelta(seconds=time.monotonic() - started))
     return BenchRoutes(app, probes)
 
@@ -268,6 +269,7 @@ def bare_app() -> ASGIApp:
     from storage.db import make_engine
 
     probes = _probes()
+    probes.watch_executor()
     engine = make_engine(os.environ["BENCH_DATABASE_URL"])
     probes.watch(engine)
     metadata = MetaData()
