@@ -29,7 +29,6 @@ import argparse
 import cProfile
 import io
 import math
-import os
 import pstats
 import random
 import re
@@ -42,6 +41,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from common import machine_line
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime.fromisoformat("2026-11-22T14:30:00+08:00")
@@ -210,11 +211,6 @@ def _fmt_row(label: str, values_ns: list[int]) -> str:
 
 # ------------------------------------------------------------------------------------ main
 
-
-def machine_line() -> str:
-    """CPU count and load: other processes on the box skew every figure below."""
-    one, five, _ = os.getloadavg()
-    return f"machine: {os.cpu_count()} CPUs, load average {one:.2f} (1 min) {five:.2f} (5 min) at start"
 
 
 def main() -> None:

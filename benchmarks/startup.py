@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import machine_line
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 NOW = "2026-11-22T14:30:00+08:00"
@@ -221,11 +223,6 @@ def import_breakdown(repeats: int) -> list[tuple[str, float]]:
 def _summary(values: list[float]) -> str:
     return f"min {min(values) * 1000:7.1f} ms   median {statistics.median(values) * 1000:7.1f} ms"
 
-
-def machine_line() -> str:
-    """CPU count and load: other processes on the box skew every figure below."""
-    one, five, _ = os.getloadavg()
-    return f"machine: {os.cpu_count()} CPUs, load average {one:.2f} (1 min) {five:.2f} (5 min) at start"
 
 
 def main() -> None:

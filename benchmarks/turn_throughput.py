@@ -45,7 +45,6 @@ import argparse
 import contextlib
 import inspect
 import math
-import os
 import random
 import sys
 import tempfile
@@ -61,6 +60,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from common import machine_line
 from sqlalchemy import create_engine, event, make_url, text
 from sqlalchemy.pool import NullPool
 
@@ -499,11 +499,6 @@ def _warm_up(catalog: Catalog, renderer: Renderer) -> None:
     finally:
         store.close()
 
-
-def machine_line() -> str:
-    """CPU count and load: other processes on the box skew every figure below."""
-    one, five, _ = os.getloadavg()
-    return f"machine: {os.cpu_count()} CPUs, load average {one:.2f} (1 min) {five:.2f} (5 min) at start"
 
 
 def main() -> None:
