@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from bot.config import Settings
 from bot.notify import StaffNotifier
 from bot.service import IntakeService
+from bot.staff import StaffService
 from bot.templating import Renderer
 from dialogs.catalog import Catalog, load_catalog
 from storage.repository import Store
@@ -35,21 +36,28 @@ def build_service(settings: Settings, *, clock: Callable[[], datetime] | None = 
                   on_outbox: Callable[[], None] = lambda: None) -> IntakeService:
     catalog = catalog or load_catalog(settings.catalog)
     renderer = build_renderer(settings)
+    store = store or build_store(settings)
+    clock = clock or (lambda: datetime.now(UTC))
     return IntakeService(
-        store=store or build_store(settings),
+        store=store,
         catalog=catalog,
         renderer=renderer,
-        clock=clock or (lambda: datetime.now(UTC)),
+        clock=clock,
         notifier=StaffNotifier(catalog, renderer, settings),
         on_outbox=on_outbox,
+        casework=build_staff_service(settings, store, catalog, renderer, clock=clock, on_outbox=on_outbox),
     )
+
+
+def build_staff_service(settings: Settings, store: Store, catalog: Catalog, renderer: Renderer, *,
+                        clock: Callable[[], datetime], on_outbox: Callable[[], None] = lambda: None) -> StaffService:
+    return StaffService(store, catalog, settings, renderer, clock=clock, on_outbox=on_outbox)
 
 
 def build_server(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Starlette:
     """The `kesu serve` application with every configured channel; refuses half-configured ones."""
     from bot.dispatch import Dispatcher
     from bot.server import create_app
-    from bot.staff import StaffService
     from handlers.web import web_adapter
 
     problems = settings.channel_problems()
@@ -58,7 +66,8 @@ def build_server(settings: Settings, *, clock: Callable[[], datetime] | None = N
     store = build_store(settings)
     dispatcher = Dispatcher(store, senders={}, clock=clock or (lambda: datetime.now(UTC)))
     service = build_service(settings, clock=clock, store=store, on_outbox=dispatcher.wake)
-    staff = StaffService(store, service.catalog, settings, clock=service.clock)  # used by adapters
+    staff = service.casework or build_staff_service(settings, store, service.catalog, service.renderer,
+                                                    clock=service.clock, on_outbox=dispatcher.wake)
     adapters = [web_adapter(service, service.renderer)]
     # Channel adapters register below, one block each (keep edits to your own block).
     # --- telegram ---

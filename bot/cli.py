@@ -8,8 +8,9 @@ import sys
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,7 +20,10 @@ app = typer.Typer(help="Kesu (客诉): complaint intake for home-furnishing mall
                   add_completion=False, pretty_exceptions_enable=False)
 cases_app = typer.Typer(help="Look at cases as staff would.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+case_app = typer.Typer(help="Work a case as staff: claim, note, ask, progress, propose, approve, resolve, …",
+                       no_args_is_help=True)
 app.add_typer(cases_app, name="cases")
+app.add_typer(case_app, name="case")
 app.add_typer(db_app, name="db")
 telegram_app = typer.Typer(help="Telegram bot: webhook registration or long polling.", no_args_is_help=True)
 app.add_typer(telegram_app, name="telegram")
@@ -252,6 +256,109 @@ def telegram_poll(catalog: CatalogOption = None, db: DbOption = None) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
+
+
+ActorOption = Annotated[str | None, typer.Option(
+    "--as", help="Your staff id as in the catalog's staff list (e.g. telegram:123456); default cli:<user name>.")]
+NameOption = Annotated[str | None, typer.Option("--name", help="Your name as customers and colleagues see it.")]
+RoleOption = Annotated[str | None, typer.Option(
+    "--role", help="Your role when the catalog has no staff list (it decides approval limits): specialist, "
+    "front_desk_manager, deputy_store_manager, store_manager, operations_vp.")]
+NatureOption = Annotated[str | None, typer.Option(
+    "--nature", help="Classify the case: quality, service, sales or delivery.")]
+
+
+def _act(action_name: str, number: str, text: str, actor: str | None, name: str | None, nature: str | None,
+         db: str | None, role: str | None = None, **extra: Any) -> None:
+    """Run one staff action and print what happened; a refusal exits 1 with the reason."""
+    from bot.app import build_renderer, build_staff_service, build_store
+    from bot.lifecycle import ROLES, Action
+    from bot.staff import StaffMember
+    from dialogs.catalog import load_catalog
+
+    if role is not None and role not in ROLES:
+        raise typer.BadParameter(f"one of {', '.join(ROLES)}", param_hint="--role")
+    if nature is not None and nature not in NATURES:
+        raise typer.BadParameter(f"one of {', '.join(NATURES)}", param_hint="--nature")
+    settings = _settings(db=db)
+    renderer = build_renderer(settings)
+    staff = build_staff_service(settings, build_store(settings), load_catalog(settings.catalog), renderer,
+                                clock=lambda: datetime.now(UTC))
+    identity = actor or f"cli:{getpass.getuser()}"
+    member = StaffMember(identity, name or identity, role)
+    if action_name == "claim":
+        claimed = staff.claim(number, member, telegram_chat=None)
+        if not claimed.allowed or claimed.case is None:
+            typer.echo(renderer.render("staff/not_allowed" if claimed.case else "staff/case_not_found", {}), err=True)
+            raise typer.Exit(1)
+        typer.echo(renderer.render("staff/claimed", {"case": claimed.case, "won": claimed.won}))
+        return
+    result = staff.act(number, Action(action_name), member, telegram_chat=None, text=text, nature=nature, **extra)
+    if not result.ok or result.case is None:
+        typer.echo(renderer.render(result.refusal or "staff/case_not_found", result.detail), err=True)
+        raise typer.Exit(1)
+    typer.echo(renderer.render("staff/action_done", {"case": result.case, "action": action_name}))
+
+
+NATURES = ("quality", "service", "sales", "delivery")
+
+
+def _text_command(action_name: str, summary: str) -> None:
+    """One `kesu case <action> NUMBER [TEXT]` command; the actions differ only in name and help."""
+
+    def command(number: Annotated[str, typer.Argument(help="Case number.")],
+                text: Annotated[str, typer.Argument(help="What to record or tell the customer.")] = "",
+                actor: ActorOption = None, name: NameOption = None, nature: NatureOption = None,
+                role: RoleOption = None, db: DbOption = None) -> None:
+        _act(action_name, number, text, actor, name, nature, db, role)
+
+    command.__doc__ = summary
+    case_app.command(action_name)(command)
+
+
+for _name, _summary in (
+    ("claim", "Take ownership of a new case (first claimer owns it)."),
+    ("verify", "Start verifying: receipts, photos, the order."),
+    ("note", "Add an internal note; the customer does not see it."),
+    ("ask", "Ask the customer a question; their answer comes back to the case."),
+    ("progress", "Tell the customer about progress."),
+    ("approve", "Approve a proposed refund/compensation within your limit; the customer is then told."),
+    ("agree", "Record that the customer agreed to the proposed solution."),
+    ("resolve", "Mark the case resolved; the customer gets the result and the satisfaction question."),
+    ("reject", "Answer that the complaint is not upheld, with the reason the customer will read."),
+    ("close", "Close a resolved case."),
+    ("reopen", "Reopen a resolved, closed or rejected case."),
+):
+    _text_command(_name, _summary)
+
+
+@case_app.command("propose")
+def case_propose(
+    number: Annotated[str, typer.Argument(help="Case number.")],
+    text: Annotated[str, typer.Argument(help="The solution as the customer will read it.")] = "",
+    codes: Annotated[str, typer.Option("--codes", help="Comma-separated: return, exchange, repair, refund, "
+                                       "compensation, apology, inspection, deliver, other.")] = "",
+    amount: Annotated[str | None, typer.Option("--amount", help="Yuan, for refund/compensation.")] = None,
+    actor: ActorOption = None, name: NameOption = None, nature: NatureOption = None, role: RoleOption = None,
+    db: DbOption = None,
+) -> None:
+    """Propose a solution; money beyond your limit waits for approval by the role the amount needs."""
+    try:
+        value = Decimal(amount) if amount is not None else None
+    except ArithmeticError as error:
+        raise typer.BadParameter("a number of yuan", param_hint="--amount") from error
+    _act("propose", number, text, actor, name, nature, db, role,
+         codes=tuple(code for code in codes.split(",") if code), amount=value)
+
+
+@case_app.command("reassign")
+def case_reassign(
+    number: Annotated[str, typer.Argument(help="Case number.")],
+    to: Annotated[str, typer.Option("--to", help="The colleague's staff id.")],
+    actor: ActorOption = None, name: NameOption = None, db: DbOption = None,
+) -> None:
+    """Hand the case over; the whole history stays with it."""
+    _act("reassign", number, "", actor, name, None, db, to=to)
 
 
 def main() -> None:

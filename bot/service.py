@@ -14,9 +14,10 @@ from typing import Any
 
 from bot.notify import StaffNotifier
 from bot.outbound import OutboundMessage
+from bot.staff import StaffService
 from bot.templating import Renderer
 from dialogs.catalog import Catalog
-from dialogs.engine import DialogState, LookUpCases, OpenCase, new_state, step
+from dialogs.engine import CaseReply, DialogState, LookUpCases, OpenCase, new_state, step
 from dialogs.extraction.priority import PRIORITY_ORDER
 from dialogs.fields import FIELD_KEYS, from_state_value
 from storage.case_numbers import find_case_number
@@ -69,13 +70,15 @@ class TurnOutcome:
 class IntakeService:
     def __init__(self, store: Store, catalog: Catalog, renderer: Renderer,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 notifier: StaffNotifier | None = None, on_outbox: Callable[[], None] = lambda: None) -> None:
+                 notifier: StaffNotifier | None = None, on_outbox: Callable[[], None] = lambda: None,
+                 casework: StaffService | None = None) -> None:
         self.store = store
         self.catalog = catalog
         self.renderer = renderer
         self.clock = clock
         self.notifier = notifier
         self.on_outbox = on_outbox  # wakes the dispatcher after a turn that queued messages
+        self.casework = casework  # where customers' answers to staff go
 
     def state_of(self, channel: str, customer_id: str) -> DialogState:
         record = self.store.load_conversation(channel, customer_id)
@@ -169,6 +172,11 @@ class IntakeService:
                     context["case_number"] = case.number
                 elif isinstance(effect, LookUpCases):
                     context.update(self._status_context(uow, message, effect))
+                elif isinstance(effect, CaseReply) and self.casework is not None:
+                    self.casework.customer_reply(uow, effect.number, effect.kind, effect.text,
+                                                 channel=message.channel, customer_id=message.customer_id,
+                                                 score=effect.score, agrees=effect.agrees, now=now)
+                    queued = True
             outbound = [self.renderer.message(reply.template, {**reply.context, **context},
                                               [(c.payload, c.label) for c in reply.choices])
                         for reply in turn.replies]

@@ -1,25 +1,42 @@
-"""Staff actions on cases, one service for every front end (Telegram groups today, a console later).
+"""Staff work on cases: one service for every front end (Telegram groups, the CLI, a console later).
 
-Authorization lives here, not in adapters: an action is allowed only from a staff group that
-serves the case's mall (its own or escalation groups, or the deployment-wide fallback and
-escalation groups for unrouted cases). Customers' private chats never qualify, whatever they send.
+Authorization and the lifecycle live here, not in adapters:
+- who: with a staff directory in the catalog, only listed staff serving the case's mall; without
+  one, whoever acts from a staff group serving that mall (the group is the directory). A
+  customer's private chat never qualifies, whatever it sends.
+- what: `bot.lifecycle` decides which action applies in which state; money beyond the actor's
+  limit waits for an approver.
+- every change is one transaction: the case update (conditional on its state, so two people
+  pressing at once cannot corrupt it), its timeline event, and the messages it causes — to the
+  customer on their own channel, to staff groups — queued in the outbox.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
 from bot.config import Settings
+from bot.lifecycle import DEFAULT_LIMITS, Action, ApprovalRule, NotAllowedNow, Status, next_status
+from bot.outbound import OutboundMessage
+from bot.templating import Renderer
 from dialogs.catalog import Catalog
-from storage.repository import CaseRecord, Store
+from dialogs.engine import AwaitingCase, DialogState
+from storage.repository import CaseRecord, Store, UnitOfWork
+
+# Channels where a customer can be reached later (a push); web and console customers see the
+# case status when they next write.
+PUSH_CHANNELS = frozenset({"telegram", "wechat"})
 
 
 @dataclass(frozen=True)
 class StaffMember:
     id: str  # "telegram:123456"
     name: str
+    role: str | None = None  # only trusted without a staff directory (the CLI operator says who they are)
 
 
 @dataclass(frozen=True)
@@ -29,14 +46,33 @@ class ClaimResult:
     case: CaseRecord | None
 
 
+@dataclass(frozen=True)
+class ActionResult:
+    """What happened; `refusal` names the template that explains a refusal to the staff member."""
+
+    case: CaseRecord | None
+    refusal: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.refusal is None
+
+
 class StaffService:
-    def __init__(self, store: Store, catalog: Catalog, settings: Settings,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(self, store: Store, catalog: Catalog, settings: Settings, renderer: Renderer | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 on_outbox: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.catalog = catalog
+        self.renderer = renderer or Renderer()
         self.clock = clock
+        self.on_outbox = on_outbox
+        self.approval = ApprovalRule({**DEFAULT_LIMITS, **catalog.approval_limits})
         self.deployment_chats = {chat for chat in (settings.fallback_telegram_chat, settings.escalation_telegram_chat)
                                  if chat is not None}
+
+    # ------------------------------------------------------------------ who may act
 
     def telegram_chat_serves(self, chat_id: int, case: CaseRecord) -> bool:
         """Only members of a staff group that receives this case's notifications may act on it."""
@@ -48,14 +84,179 @@ class StaffService:
     def is_staff_chat(self, chat_id: int) -> bool:
         return chat_id in self.deployment_chats or any(m.serves_telegram_chat(chat_id) for m in self.catalog.malls)
 
+    def authorized(self, member: StaffMember, case: CaseRecord, *, telegram_chat: int | None) -> bool:
+        entry = self.catalog.staff_member(member.id)
+        if self.catalog.staff:
+            return entry is not None and entry.serves(case.fields.get("mall"))
+        # No directory: the staff group is the directory; the CLI operator (no chat) is trusted.
+        return telegram_chat is None or self.telegram_chat_serves(telegram_chat, case)
+
+    def role_of(self, member: StaffMember) -> str:
+        """The directory decides when there is one; otherwise a stated role, else the lowest."""
+        if self.catalog.staff:
+            entry = self.catalog.staff_member(member.id)
+            return entry.role if entry else "specialist"
+        return member.role or "specialist"
+
     def find(self, number: str) -> CaseRecord | None:
         return self.store.get_case(number)
 
-    def claim(self, number: str, member: StaffMember, *, telegram_chat: int) -> ClaimResult:
+    # ------------------------------------------------------------------ actions
+
+    def claim(self, number: str, member: StaffMember, *, telegram_chat: int | None) -> ClaimResult:
         """First claimer owns the case (首问负责制); later claimers learn who does."""
         case = self.store.get_case(number)
-        if case is None or not self.telegram_chat_serves(telegram_chat, case):
+        if case is None or not self.authorized(member, case, telegram_chat=telegram_chat):
             return ClaimResult(allowed=False, won=False, case=case)
         with self.store.unit_of_work() as uow:
             won, current = uow.claim_case(case_id=case.id, owner=member.id, owner_name=member.name, at=self.clock())
+            if won:
+                self._tell_customer(uow, current, "case/claimed", {"case": current})
+        self.on_outbox()
         return ClaimResult(allowed=True, won=won, case=current)
+
+    def act(self, number: str, action: Action, member: StaffMember, *, telegram_chat: int | None = None,
+            text: str = "", codes: tuple[str, ...] = (), amount: Decimal | None = None, to: str | None = None,
+            nature: str | None = None) -> ActionResult:
+        """Any staff action but claim; refusals come back as template names, never exceptions."""
+        case = self.store.get_case(number)
+        if case is None:
+            return ActionResult(None, "staff/case_not_found")
+        if not self.authorized(member, case, telegram_chat=telegram_chat):
+            return ActionResult(case, "staff/not_allowed")
+        if action in (Action.ASK, Action.PROGRESS, Action.REJECT, Action.NOTE) and not text.strip():
+            return ActionResult(case, "staff/text_required", {"action": action.value})
+        try:
+            target = next_status(action, case.status)
+        except NotAllowedNow:
+            return ActionResult(case, "staff/not_now", {"action": action.value, "state": case.status})
+        now = self.clock()
+        with self.store.unit_of_work() as uow:
+            result = self._apply(uow, case, action, target, member, now, text=text, codes=codes, amount=amount,
+                                 to=to, nature=nature)
+        self.on_outbox()
+        return result
+
+    def _apply(self, uow: UnitOfWork, case: CaseRecord, action: Action, target: Status | None,
+               member: StaffMember, now: datetime, *, text: str, codes: tuple[str, ...], amount: Decimal | None,
+               to: str | None, nature: str | None) -> ActionResult:
+        changes: dict[str, Any] = {}
+        data: dict[str, Any] = {"by": member.name}
+        customer: tuple[str, dict[str, Any], str | None] | None = None  # template, context, awaited reply kind
+        if text:
+            data["text"] = text
+        if action is Action.PROPOSE:
+            solution = {"codes": list(codes), "amount": str(amount) if amount is not None else None, "text": text,
+                        "proposed_by": member.name, "approved_by": None}
+            changes["solution"] = solution
+            if self.approval.needs_approval(list(codes), amount, self.role_of(member)):
+                target = Status.AWAITING_APPROVAL
+                data["approver_role"] = self.approval.approver_for(amount or Decimal(0))
+            else:
+                customer = ("case/solution", {"solution": solution}, "solution")
+        elif action is Action.APPROVE:
+            solution = dict(case.solution or {})
+            amount_due = Decimal(str(solution.get("amount") or 0))
+            if not self.approval.may_approve(self.role_of(member), amount_due):
+                return ActionResult(case, "staff/approval_limit",
+                                    {"approver_role": self.approval.approver_for(amount_due)})
+            solution["approved_by"] = member.name
+            changes["solution"] = solution
+            customer = ("case/solution", {"solution": solution}, "solution")
+        elif action is Action.REASSIGN:
+            entry = self.catalog.staff_member(to or "")
+            if to is None or (self.catalog.staff and (entry is None or not entry.serves(case.fields.get("mall")))):
+                return ActionResult(case, "staff/unknown_member", {"to": to})
+            changes |= {"owner": to, "owner_name": entry.name if entry else to}
+            data |= {"from": case.owner_name, "to": changes["owner_name"]}
+        elif action is Action.ASK:
+            customer = ("case/question", {"question": text}, "question")
+        elif action is Action.PROGRESS:
+            customer = ("case/progress", {"progress": text}, None)
+        elif action is Action.REJECT:
+            customer = ("case/rejected", {"reason": text}, None)
+        elif action is Action.RESOLVE:
+            changes["resolved_at"] = now
+            target = Status.FOLLOW_UP  # the satisfaction question goes out with the resolution
+            customer = ("case/resolved", {"summary": text}, "satisfaction")
+        elif action is Action.CLOSE:
+            changes["closed_at"] = now
+        if nature:
+            changes["nature"] = nature
+        if target is not None:
+            changes["status"] = target.value
+        if case.owner is None and action is not Action.NOTE and action is not Action.REASSIGN:
+            changes |= {"owner": member.id, "owner_name": member.name}  # whoever acts first owns it
+        updated = uow.update_case(case_id=case.id, expected_status=case.status, expected_version=case.version,
+                                  changes=changes, event=(action.value, member.id, data), at=now)
+        if updated is None:
+            return ActionResult(self.store.get_case(case.number), "staff/conflict")
+        if customer is not None:
+            template, context, awaited = customer
+            self._tell_customer(uow, updated, template, {**context, "case": updated}, awaiting=awaited)
+        return ActionResult(updated, detail=data)
+
+    # ------------------------------------------------------------------ customer side
+
+    def _tell_customer(self, uow: UnitOfWork, case: CaseRecord, template: str, context: dict[str, Any],
+                       awaiting: str | None = None) -> None:
+        """Queue a message to the customer on their channel; remember what answer we wait for."""
+        choices: list[tuple[str, str | None]] = []
+        if awaiting == "solution":
+            choices = [("同意", None), ("不同意", None)]
+        elif awaiting == "satisfaction":
+            choices = [(str(score), None) for score in (5, 4, 3, 2, 1)]
+        message = self.renderer.message(template, context, choices)
+        if case.channel in PUSH_CHANNELS:
+            uow.enqueue(kind="customer_update", channel=case.channel, target=case.customer_id,
+                        payload=message.as_payload(), case_id=case.id, at=self.clock())
+        uow.record_outbound(channel=case.channel, customer_id=case.customer_id, texts=[message.text],
+                            in_reply_to=None, at=self.clock())
+        if awaiting is not None:
+            self._await_customer(uow, case, awaiting)
+
+    def _await_customer(self, uow: UnitOfWork, case: CaseRecord, kind: str) -> None:
+        record = uow.load_conversation(case.channel, case.customer_id)
+        if record is None:
+            return
+        state = DialogState.model_validate(record.state)
+        state.awaiting_case = AwaitingCase(number=case.number, kind=kind)
+        uow.save_conversation(channel=case.channel, customer_id=case.customer_id, state=state.model_dump(mode="json"),
+                              expected_version=record.version, at=self.clock())
+
+    def customer_reply(self, uow: UnitOfWork, number: str, kind: str, text: str, *, channel: str, customer_id: str,
+                       score: int | None, agrees: bool | None, now: datetime) -> CaseRecord | None:
+        """The customer's answer to what staff asked, proposed or the satisfaction question."""
+        case = uow.get_case(number)
+        if case is None or (case.channel, case.customer_id) != (channel, customer_id):
+            return None  # only a case's own customer answers for it
+        data: dict[str, Any] = {"text": text}
+        changes: dict[str, Any] = {}
+        event = "customer_answer"
+        if kind == "solution" and agrees is not None and case.status == Status.PROPOSED:
+            event = "customer_agreed" if agrees else "customer_declined"
+            if agrees:
+                changes["status"] = Status.AGREED.value
+        elif kind == "satisfaction" and score is not None and case.status in (Status.FOLLOW_UP, Status.RESOLVED):
+            data["score"] = score
+            changes["satisfaction"] = score
+            if score >= 3:
+                event, changes["status"], changes["closed_at"] = "satisfied", Status.CLOSED.value, now
+            else:
+                event, changes["status"] = "dissatisfied", Status.REOPENED.value
+        updated = uow.update_case(case_id=case.id, expected_status=None, changes=changes,
+                                  event=(event, "customer", data), at=now)
+        if updated is not None and updated.owner:
+            self._tell_owner(uow, updated, event, text, score)
+        return updated
+
+    def _tell_owner(self, uow: UnitOfWork, case: CaseRecord, event: str, text: str, score: int | None) -> None:
+        owner = case.owner or ""
+        channel, _, user = owner.partition(":")
+        if channel != "telegram" or not user:
+            return
+        message = OutboundMessage(self.renderer.render("staff/customer_replied", {
+            "case": case, "event": event, "text": text, "score": score}))
+        uow.enqueue(kind="staff_update", channel="telegram", target=user, payload=message.as_payload(),
+                    case_id=case.id, at=self.clock())
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -48,11 +49,33 @@ class Brand(BaseModel):
     weak_aliases: tuple[str, ...] = ()
 
 
+class StaffEntry(BaseModel):
+    """A staff member who may act on cases: identity as the channel knows them, role, malls served."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(min_length=1)  # "telegram:123456", or any id the CLI operator uses
+    name: str = Field(min_length=1)
+    role: str = "specialist"  # specialist | front_desk_manager | deputy_store_manager | store_manager | operations_vp
+    malls: tuple[str, ...] = ("*",)  # mall ids, or "*" for every mall
+
+    def serves(self, mall_id: str | None) -> bool:
+        return "*" in self.malls or (mall_id is not None and mall_id in self.malls)
+
+
 class Catalog(BaseModel):
     model_config = ConfigDict(frozen=True, ignored_types=(cached_property,))
 
     malls: tuple[Mall, ...]
     brands: tuple[Brand, ...]
+    # Optional staff directory. Without it, whoever can see a mall's staff group may act on its
+    # cases (the group is the directory); with it, only listed staff may, and only for their malls.
+    staff: tuple[StaffEntry, ...] = ()
+    # Refund/compensation approval limits per role in yuan (null: no limit); the seeds' defaults apply otherwise.
+    approval_limits: dict[str, Decimal | None] = Field(default_factory=dict)
+
+    def staff_member(self, staff_id: str) -> StaffEntry | None:
+        return next((s for s in self.staff if s.id == staff_id), None)
 
     @model_validator(mode="after")
     def _unique_keys(self) -> Catalog:

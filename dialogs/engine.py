@@ -41,6 +41,13 @@ _ANSWER_THEN_CARRY_ON: dict[Intent, str | None] = {
 _ORDINALS = {"一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5}
 
 
+class AwaitingCase(BaseModel):
+    """Staff asked the customer something about an open case; their next message answers it."""
+
+    number: str
+    kind: str  # "question" | "solution" (agree?) | "satisfaction" (1-5)
+
+
 class PendingChoice(BaseModel):
     field: str
     options: list[str]
@@ -68,6 +75,7 @@ class DialogState(BaseModel):
     greeted: bool = False
     empathized: bool = False
     last_seen: datetime | None = None
+    awaiting_case: AwaitingCase | None = None
     # Id of the stored message this intake started with, set by the service: a case's transcript
     # runs from there, never into the previous intake.
     transcript_from: int | None = None
@@ -108,13 +116,24 @@ class OpenCase:
 
 
 @dataclass(frozen=True)
+class CaseReply:
+    """The customer answered staff's question, a proposed solution or the satisfaction follow-up."""
+
+    number: str
+    kind: str
+    text: str
+    score: int | None = None  # satisfaction 1-5
+    agrees: bool | None = None  # to a proposed solution
+
+
+@dataclass(frozen=True)
 class LookUpCases:
     """Tell the customer where their cases stand; `number` when they typed one."""
 
     text: str
 
 
-Effect = OpenCase | LookUpCases
+Effect = OpenCase | LookUpCases | CaseReply
 
 
 @dataclass(frozen=True)
@@ -176,6 +195,8 @@ def step(state: DialogState, message: str, *, now: datetime, catalog: Catalog, a
         turn.say("cancel_aborted")
         if NO.match(text):
             return _prompt(turn)
+    if s.awaiting_case is not None and not s.fields and intent not in (Intent.STATUS, Intent.RESTART, Intent.CANCEL):
+        return _answer_case(turn, s.awaiting_case, text)
     if intent is Intent.RESTART:
         turn.state = new_state(now, greeted=True)
         turn.say("restarted")
@@ -232,6 +253,50 @@ def fill(state: DialogState, message: str, *, now: datetime, catalog: Catalog) -
     _merge(turn, text, found)
     if turn.state.choice is not None:
         turn.replies.append(_choice_reply(catalog, turn.state.choice))
+    return turn.done()
+
+
+_SATISFIED_WORDS = re.compile(r"非常满意|很满意|满意|挺好|可以|解决了|好的")
+_DISSATISFIED_WORDS = re.compile(r"不满意|没解决|没有解决|不行|很差|太差|不好|失望")
+_AGREE = re.compile(r"^(?:我)?(?:同意|接受|可以|行|好的?|没问题|就这样|ok|OK)(?:吧|的|了)?[。！!]*$")
+_DISAGREE = re.compile(r"不同意|不接受|不行|不可以|不满意|不要|太少|不够")
+
+
+def _satisfaction_score(text: str) -> int | None:
+    """1-5 from "5", "五分", "满意", "没解决"; None when the message is no answer to the question."""
+    digit = re.fullmatch(r"\s*([1-5一二三四五])\s*分?\s*", text)
+    if digit:
+        token = digit.group(1)
+        return int(token) if token.isdigit() else "一二三四五".index(token) + 1
+    if _DISSATISFIED_WORDS.search(text):
+        return 1
+    if _SATISFIED_WORDS.search(text):
+        return 5 if "非常" in text or "很" in text else 4
+    return None
+
+
+def _answer_case(turn: _Turn, awaited: AwaitingCase, text: str) -> Turn:
+    """Route the customer's reply to the case that asked for it; staff see it on the timeline."""
+    s = turn.state
+    if not text:
+        turn.say("not_understood")
+        return turn.done()
+    if awaited.kind == "satisfaction":
+        score = _satisfaction_score(text)
+        if score is None:
+            turn.say("satisfaction_ask_again", number=awaited.number)
+            return turn.done()
+        turn.effects.append(CaseReply(awaited.number, awaited.kind, text, score=score))
+        turn.say("satisfaction_thanks" if score >= 3 else "satisfaction_reopened", number=awaited.number, score=score)
+    elif awaited.kind == "solution":
+        agrees = True if _AGREE.match(text) else False if _DISAGREE.search(text) else None
+        turn.effects.append(CaseReply(awaited.number, awaited.kind, text, agrees=agrees))
+        turn.say({True: "solution_agreed", False: "solution_declined", None: "answer_relayed"}[agrees],
+                 number=awaited.number)
+    else:
+        turn.effects.append(CaseReply(awaited.number, awaited.kind, text))
+        turn.say("answer_relayed", number=awaited.number)
+    s.awaiting_case = None
     return turn.done()
 
 

@@ -8,9 +8,15 @@ Telegram sends) or, for deployments without a public URL, by long polling inside
   ``InboundMessage`` for the shared intake service, with ``push_to`` set, so the replies are
   written to the outbox in the turn's transaction and delivered by the dispatcher through
   ``TelegramSender`` (never lost when Telegram is slow or says 429);
-- a group is staff: the 认领 / 查看详情 buttons on new-case notifications and the ``/case`` command.
-  Whether a chat may act on a case is ``StaffService``'s decision, so a customer's private chat
-  never reaches a staff action; other group messages are ignored, never taken as a complaint.
+- a group is staff: the buttons on staff messages (认领 / 查看详情 on new-case notifications, 开始核实
+  after a claim, 审批通过 on an approval request) and the commands ``/case``, ``/help`` and one per
+  staff action (``/note``, ``/ask``, ``/progress``, ``/verify``, ``/propose``, ``/approve``,
+  ``/agree``, ``/resolve``, ``/reject``, ``/reassign``, ``/close``, ``/reopen``; syntax in
+  ``parse_case_command`` / ``parse_proposal`` and in templates/…/staff/_commands.j2). Each calls
+  ``StaffService``, which decides who may do what; on top of that a command or button only counts
+  in a staff group serving the case's mall, so a customer's private chat never reaches a staff
+  action (a customer typing "/resolve …" is just a customer message). Other group messages are
+  ignored, never taken as a complaint.
 
 Every Bot API call goes through one ``ExtBot`` with ``AIORateLimiter``: ~30 messages/s overall and
 ~20/min per group, and a 429 is retried after Telegram's ``retry_after``. Staff groups also have
@@ -31,7 +37,9 @@ import warnings
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from starlette.requests import Request
@@ -44,6 +52,7 @@ from telegram import (
     InlineKeyboardMarkup,
     MaybeInaccessibleMessage,
     Message,
+    MessageEntity,
     ReplyParameters,
     Update,
 )
@@ -62,14 +71,15 @@ from telegram.warnings import PTBDeprecationWarning
 
 from bot.config import Settings
 from bot.dispatch import RetryLater, Throttled, Undeliverable
-from bot.notify import CLAIM, VIEW, mask_mobiles, staff_action
+from bot.lifecycle import MONEY_CODES, Action, Status
+from bot.notify import CLAIM, VIEW, mask_mobiles
 from bot.outbound import Button, OutboundMessage
 from bot.server import ChannelAdapter
 from bot.service import Attachment, InboundMessage, IntakeService
-from bot.staff import StaffMember, StaffService
+from bot.staff import ActionResult, StaffMember, StaffService
 from bot.templating import Renderer
-from storage.case_numbers import find_case_number
-from storage.repository import CaseRecord
+from storage.case_numbers import find_case_number, normalize_case_number
+from storage.repository import CaseEventRecord, CaseRecord
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +102,34 @@ POLL_TIMEOUT = 25  # seconds a getUpdates long poll may hang
 POLL_BACKOFF_MAX = 60.0
 POLL_MAX_FAILURES = 5  # an update that keeps failing is skipped after this many tries
 REMEMBERED_UPDATES = 2048
+BRIEF_EVENTS = 8  # timeline entries a case brief shows, newest last
 
-_CASE_COMMAND = re.compile(r"^/case(?:@\w+)?(?:\s+(?P<arg>.*))?$", re.DOTALL | re.IGNORECASE)
+# "/note@KesuBot KS2611220019 已电话联系": the command, the bot it is addressed to, the rest.
+_COMMAND = re.compile(r"^/(?P<name>[A-Za-z_]+)(?:@(?P<bot>\w+))?(?:\s+(?P<rest>.*))?$", re.DOTALL)
+_FIRST_WORD = re.compile(r"\s*(?P<word>\S+)(?:\s+(?P<rest>.*))?$", re.DOTALL)
+_LOOKS_LIKE_NUMBER = re.compile(r"^(?:KS)?[\d\-_.]{6,}$", re.IGNORECASE)
+_AMOUNT = re.compile(r"^[¥￥]?(?P<value>\d{1,9}(?:\.\d{1,2})?)(?:元|块)?$")
+_CODE_SEPARATORS = re.compile(r"[,，、/+]")
+
+CASE = "case"
+HELP = ("help", "start")
+# One command per staff action, named as the action (the CLI's `kesu case <action>` too).
+ACTION_COMMANDS: dict[str, Action] = {action.value: action for action in (
+    Action.VERIFY, Action.NOTE, Action.ASK, Action.PROGRESS, Action.PROPOSE, Action.APPROVE, Action.AGREE,
+    Action.RESOLVE, Action.REJECT, Action.REASSIGN, Action.CLOSE, Action.REOPEN)}
+# Staff buttons: "<action>:<case number>" (≤ 64 bytes). Claim and view come with new-case notifications;
+# verify follows a claim, approve an approval request.
+VERIFY = Action.VERIFY.value
+APPROVE = Action.APPROVE.value
+BUTTON_ACTIONS: dict[str, Action] = {VERIFY: Action.VERIFY, APPROVE: Action.APPROVE}
+
+# Solution codes for /propose: the expectation codes, in English or in the words staff use.
+SOLUTION_CODES = frozenset({"return", "exchange", "repair", "refund", "compensation", "apology", "inspection",
+                            "deliver", "other"})
+SOLUTION_WORDS: dict[str, str] = {
+    "退款": "refund", "退钱": "refund", "退货": "return", "换货": "exchange", "换新": "exchange", "维修": "repair",
+    "赔偿": "compensation", "补偿": "compensation", "道歉": "apology", "上门检测": "inspection", "检测": "inspection",
+    "鉴定": "inspection", "送货": "deliver", "安装": "deliver", "其他": "other"}
 
 
 # --------------------------------------------------------------------------- the Bot
@@ -183,6 +219,96 @@ def _with_footer(text: str, footer: str) -> str:
 
 def _short(text: str, limit: int = MAX_CALLBACK_ANSWER) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------- staff commands
+
+
+@dataclass(frozen=True)
+class CaseCommand:
+    """A staff command as typed: ``/<name>[@bot] [KS… [arguments]]``."""
+
+    name: str
+    bot: str | None
+    number: str | None  # canonical, when the first word is a valid case number
+    number_given: bool  # the first word looked like a case number (valid or not)
+    rest: str  # what follows the number (or the whole argument when there is no number)
+
+
+def parse_case_command(text: str) -> CaseCommand | None:
+    """``/note KS2611220019 已电话联系顾客`` → note, KS2611220019, "已电话联系顾客"; None if not a command.
+
+    The case number is the first word after the command (lower case and dashes accepted, no
+    spaces inside); everything after it is the command's argument, line breaks kept.
+    """
+    found = _COMMAND.match(text.strip())
+    if found is None:
+        return None
+    argument = found.group("rest") or ""
+    first = _FIRST_WORD.match(argument)
+    number = normalize_case_number(first.group("word")) if first else None
+    if first is None or (number is None and not _LOOKS_LIKE_NUMBER.match(first.group("word"))):
+        return CaseCommand(found.group("name").lower(), found.group("bot"), None, False, argument.strip())
+    return CaseCommand(found.group("name").lower(), found.group("bot"), number, True,
+                       (first.group("rest") or "").strip())
+
+
+def _solution_codes(word: str) -> list[str] | None:
+    """["refund", "compensation"] for "退款,赔偿" or "refund+compensation"; None if any part is no code."""
+    codes = []
+    for part in _CODE_SEPARATORS.split(word):
+        if not part:
+            continue
+        code = part.lower() if part.lower() in SOLUTION_CODES else SOLUTION_WORDS.get(part)
+        if code is None:
+            return None
+        codes.append(code)
+    return codes or None
+
+
+def parse_proposal(argument: str) -> tuple[tuple[str, ...], Decimal | None, str]:
+    """``[codes] [amount] text`` → (codes, amount, text).
+
+    Codes come first, as one or more words, each a code or a comma-separated list of codes
+    (退款 退货 换货 维修 赔偿 道歉 上门检测 …, or refund, return, exchange, repair, compensation,
+    apology, inspection, deliver, other); then the amount in yuan ("300", "300元", "¥300.50");
+    the rest is the solution as the customer will read it: ``赔偿 300 赔偿300元，三个工作日内到账``.
+    """
+    codes: list[str] = []
+    amount: Decimal | None = None
+    rest = argument.strip()
+    while rest:
+        first = _FIRST_WORD.match(rest)
+        if first is None:
+            break
+        word = first.group("word")
+        found = _solution_codes(word) if amount is None else None
+        money = _AMOUNT.match(word) if amount is None else None
+        if found is not None:
+            codes += [code for code in found if code not in codes]
+        elif money is not None:
+            try:
+                amount = Decimal(money.group("value"))
+            except InvalidOperation:  # pragma: no cover - the pattern only lets numbers through
+                break
+        else:
+            break
+        rest = (first.group("rest") or "").strip()
+    return tuple(codes), amount, rest
+
+
+def staff_button(payload: str) -> tuple[str, str] | None:
+    """("claim", "KS…") from a staff button's payload; None for anything else (customers' buttons)."""
+    action, _, number = payload.partition(":")
+    return (action, number) if action in (CLAIM, VIEW, *BUTTON_ACTIONS) and number else None
+
+
+def _member(message: Message) -> StaffMember | None:
+    """Who typed a command; None for messages sent as the group or a channel, and for bots."""
+    user = message.from_user
+    if user is None or user.is_bot or message.sender_chat is not None:
+        return None
+    return StaffMember(f"telegram:{user.id}", user.full_name)
 
 
 # --------------------------------------------------------------------------- the outbox sender
@@ -321,22 +447,124 @@ class TelegramUpdates:
         if message.migrate_to_chat_id and self.staff.is_staff_chat(chat_id):
             log.warning("staff group %s became supergroup %s: update its chat id in the catalog",
                         chat_id, message.migrate_to_chat_id)
-        command = _CASE_COMMAND.match(message.text or "")
-        if command is None or not self.staff.is_staff_chat(chat_id):
-            return  # staff chatting, members joining, unrelated groups: never a complaint
-        number = find_case_number(command.group("arg") or "")
-        if number is None:
-            text = self.renderer.render("staff/case_usage", {})
+        command = parse_case_command(message.text or "")
+        if command is None or self._addressed_elsewhere(command.bot):
+            return  # staff chatting, members joining, another bot's commands: never a complaint
+        if command.name in HELP:
+            if self.staff.is_staff_chat(chat_id):  # elsewhere /help belongs to whoever else is there
+                await self._reply(message, self.renderer.render("staff/help", {}))
+            return
+        if command.name == CASE:
+            await self._case_command(message, command)
+        elif command.name in ACTION_COMMANDS:
+            await self._action_command(message, command, ACTION_COMMANDS[command.name])
+        # any other command is not ours
+
+    async def _case_command(self, message: Message, command: CaseCommand) -> None:
+        chat_id = message.chat.id
+        if not self.staff.is_staff_chat(chat_id):
+            text = self.renderer.render("staff/not_allowed", {})
         else:
-            text, _ = await self._brief_or_refusal(chat_id, number)
+            number = command.number or find_case_number(command.rest)
+            if number is None and command.number_given:
+                text = self.renderer.render("staff/case_not_found", {})
+            elif number is None:
+                text = self.renderer.render("staff/case_usage", {})
+            else:
+                text, _ = await self._brief_or_refusal(chat_id, number)
+        await self._reply(message, text)
+
+    async def _action_command(self, message: Message, command: CaseCommand, action: Action) -> None:
+        """One staff action typed in a group; the answer (done, or why not) replies to the command."""
+        chat_id = message.chat.id
+        member = _member(message)
+        if not self.staff.is_staff_chat(chat_id) or member is None:
+            await self._reply(message, self.renderer.render("staff/not_allowed", {}))
+            return
+        if command.number is None:
+            template = "staff/case_not_found" if command.number_given else "staff/command_usage"
+            await self._reply(message, self.renderer.render(template, {"command": command.name}))
+            return
+        arguments: dict[str, Any] = {"text": command.rest}
+        if action is Action.PROPOSE:
+            codes, amount, text = parse_proposal(command.rest)
+            if (not codes and not text) or (MONEY_CODES & set(codes) and amount is None):
+                await self._reply(message, self.renderer.render("staff/command_usage", {"command": command.name}))
+                return
+            arguments = {"text": text, "codes": codes, "amount": amount}
+        elif action is Action.REASSIGN:
+            to, word = self._reassign_target(message, command.rest)
+            if to is None:
+                await self._reply(message, self.renderer.render("staff/unknown_member", {"to": word}))
+                return
+            arguments = {"to": to}
+        result = await self._act(chat_id, command.number, action, member, **arguments)
+        buttons: InlineKeyboardMarkup | None = None
+        if result.ok and result.case is not None and result.case.status == Status.AWAITING_APPROVAL:
+            buttons = self._buttons(result.case.number, APPROVE, VIEW)  # for whoever may approve it
+        await self._reply(message, self._result_text(action, result), buttons)
+
+    async def _act(self, chat_id: int, number: str, action: Action, member: StaffMember,
+                   **arguments: Any) -> ActionResult:
+        """``StaffService.act`` for a staff group serving the case; refused for any other chat."""
+        case = await asyncio.to_thread(self.staff.find, number)
+        if case is None:
+            return ActionResult(None, "staff/case_not_found")
+        if not self.staff.telegram_chat_serves(chat_id, case):
+            return ActionResult(case, "staff/not_allowed")
+        return await asyncio.to_thread(self.staff.act, number, action, member, telegram_chat=chat_id,
+                                       **arguments)
+
+    def _result_text(self, action: Action, result: ActionResult) -> str:
+        if result.ok and result.case is not None:
+            return self.renderer.render("staff/action_done",
+                                        {**result.detail, "case": result.case, "action": action.value})
+        return self.renderer.render(result.refusal or "staff/not_allowed", result.detail)
+
+    def _reassign_target(self, message: Message, argument: str) -> tuple[str | None, str | None]:
+        """(staff id, None) for ``telegram:<id>``, ``@<id>``, a directory id, a mention of a user or a
+        command sent in reply to a colleague's message; (None, what was written) otherwise."""
+        word = argument.split()[0] if argument.split() else None
+        if word is not None:
+            digits = re.fullmatch(r"(?:telegram:|@)?(\d{1,20})", word, re.IGNORECASE)
+            if digits:
+                return f"telegram:{digits.group(1)}", None
+            if self.staff.catalog.staff_member(word) is not None:
+                return word, None
+        for entity in message.entities:
+            if entity.type == MessageEntity.TEXT_MENTION and entity.user is not None:
+                return f"telegram:{entity.user.id}", None
+        replied = message.reply_to_message
+        if word is None and replied is not None and replied.from_user is not None and not replied.from_user.is_bot:
+            return f"telegram:{replied.from_user.id}", None
+        return None, word
+
+    def _addressed_elsewhere(self, bot_name: str | None) -> bool:
+        """"/note@OtherBot …" is for another bot in the same group."""
+        if not bot_name:
+            return False
+        try:
+            mine = self.bot.username
+        except RuntimeError:  # not initialised (getMe failed at start-up): take it as ours
+            return False
+        return bot_name.lower() != mine.lower()
+
+    async def _reply(self, message: Message, text: str, buttons: InlineKeyboardMarkup | None = None) -> None:
+        """Answer a command in its group, as a reply to it; customers' phones never show in full."""
         await self._quietly(self.bot.send_message(
-            chat_id, text, reply_parameters=ReplyParameters(message.message_id, allow_sending_without_reply=True)))
+            message.chat.id, split_text(mask_mobiles(text))[0], reply_markup=buttons,
+            reply_parameters=ReplyParameters(message.message_id, allow_sending_without_reply=True)))
+
+    def _buttons(self, number: str, *actions: str) -> InlineKeyboardMarkup:
+        return InlineKeyboardMarkup([[InlineKeyboardButton(self.renderer.button_label(action),
+                                                           callback_data=f"{action}:{number}")
+                                      for action in actions]])
 
     # ------------------------------------------------------------------ buttons
 
     async def _callback(self, query: CallbackQuery) -> None:
         message = query.message
-        action = staff_action(query.data or "")
+        action = staff_button(query.data or "")
         if action is not None:
             await self._staff_action(query, message, *action)
         elif message is not None and message.chat.type == Chat.PRIVATE and query.data:
@@ -352,7 +580,7 @@ class TelegramUpdates:
 
     async def _staff_action(self, query: CallbackQuery, message: MaybeInaccessibleMessage | None,
                             action: str, number: str) -> None:
-        if message is None:
+        if message is None or message.chat.type not in GROUP_TYPES:
             await self._alert(query, self.renderer.render("staff/not_allowed", {}))
             return
         chat_id = message.chat.id
@@ -366,9 +594,16 @@ class TelegramUpdates:
             else:
                 await self._alert(query, text)
             return
-        assert action == CLAIM
         user = query.from_user
         member = StaffMember(f"telegram:{user.id}", user.full_name)
+        if action in BUTTON_ACTIONS:
+            await self._button_action(query, message, BUTTON_ACTIONS[action], number, member)
+            return
+        assert action == CLAIM
+        found = await asyncio.to_thread(self.staff.find, number)
+        if found is None or not self.staff.telegram_chat_serves(chat_id, found):
+            await self._alert(query, self.renderer.render("staff/not_allowed", {}))
+            return
         result = await asyncio.to_thread(self.staff.claim, number, member, telegram_chat=chat_id)
         if not result.allowed or result.case is None:
             await self._alert(query, self.renderer.render("staff/not_allowed", {}))
@@ -380,18 +615,33 @@ class TelegramUpdates:
             return
         await self._quietly(self.bot.answer_callback_query(query.id, _short(claimed)))
         original = message.text if isinstance(message, Message) and message.text else self._brief(case)
-        view = InlineKeyboardMarkup([[InlineKeyboardButton(self.renderer.button_label(VIEW),
-                                                           callback_data=f"{VIEW}:{case.number}")]])
         await self._quietly(self.bot.edit_message_text(
             _with_footer(original, claimed), chat_id=chat_id, message_id=message.message_id,
-            reply_markup=view))
+            reply_markup=self._buttons(case.number, VIEW, VERIFY)))
+
+    async def _button_action(self, query: CallbackQuery, message: MaybeInaccessibleMessage, action: Action,
+                             number: str, member: StaffMember) -> None:
+        """开始核实 / 审批通过: done → the message says so and keeps only 查看详情; refused → an alert."""
+        result = await self._act(message.chat.id, number, action, member)
+        text = self._result_text(action, result)
+        if not result.ok or result.case is None:
+            await self._alert(query, text)
+            return
+        await self._quietly(self.bot.answer_callback_query(query.id, _short(text)))
+        original = message.text if isinstance(message, Message) and message.text else self._brief(result.case)
+        await self._quietly(self.bot.edit_message_text(
+            _with_footer(original, text), chat_id=message.chat.id, message_id=message.message_id,
+            reply_markup=self._buttons(result.case.number, VIEW)))
 
     # ------------------------------------------------------------------ staff texts
 
-    def _brief(self, case: CaseRecord) -> str:
+    def _brief(self, case: CaseRecord, events: Sequence[CaseEventRecord] = ()) -> str:
+        """The case at a glance: facts, solution (and who must approve it), the latest timeline entries."""
         mall = self.service.catalog.mall(case.fields.get("mall") or "")
-        return mask_mobiles(self.renderer.render("staff/case_brief",
-                                                 {"case": case, "mall_name": mall.name if mall else None}))
+        amount = Decimal(str((case.solution or {}).get("amount") or 0))
+        return mask_mobiles(self.renderer.render("staff/case_brief", {
+            "case": case, "mall_name": mall.name if mall else None, "events": list(events)[-BRIEF_EVENTS:],
+            "approver_role": self.staff.approval.approver_for(amount)}))
 
     async def _brief_or_refusal(self, chat_id: int, number: str) -> tuple[str, bool]:
         """(the case brief, True) for a group serving the case; otherwise (why not, False)."""
@@ -402,7 +652,8 @@ class TelegramUpdates:
             return self.renderer.render("case_not_found", {"number": number}), False
         if not self.staff.telegram_chat_serves(chat_id, case):
             return self.renderer.render("staff/not_allowed", {}), False
-        return self._brief(case), True
+        events = await asyncio.to_thread(self.staff.store.get_case_events, case.id)
+        return split_text(self._brief(case, events))[0], True
 
     async def _alert(self, query: CallbackQuery, text: str) -> None:
         await self._quietly(self.bot.answer_callback_query(query.id, _short(text), show_alert=True))

@@ -10,7 +10,20 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, Numeric, String, Table, UniqueConstraint, false
+from sqlalchemy import (
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Table,
+    TextClause,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 from storage.sqltypes import CleanString, CleanText, UTCDateTime, json_type, utcnow
@@ -34,6 +47,26 @@ PUBLIC_FIELDS: tuple[str, ...] = (
 """The product's public case field names (PRODUCT.md field table), in the script's order."""
 
 PRIORITIES: tuple[str, ...] = ("normal", "important", "major")
+
+NATURES: tuple[str, ...] = ("quality", "service", "sales", "delivery")
+"""What a complaint is about: product quality, service, sales, delivery & installation (the seeds' classes)."""
+
+FINISHED_STATUSES: tuple[str, ...] = ("closed", "rejected")
+"""A case in one of these is done: its deadlines no longer run and "my complaints" skips it."""
+
+CASE_DEADLINES: tuple[str, ...] = ("first_contact_due", "next_update_due", "resolution_due")
+"""The promises kept on a case, scanned by ``Reader.cases_due``; None means nothing is promised."""
+
+CASE_MILESTONES: tuple[str, ...] = ("first_contacted_at", "resolved_at", "closed_at")
+"""When the case reached each step, for the SLA figures of the monthly report."""
+
+OPEN_CASE_SQL = "status NOT IN (" + ", ".join(f"'{status}'" for status in FINISHED_STATUSES) + ")"
+"""SQL for "not finished", with the statuses as literals, not bound parameters.
+
+The deadline indexes are partial on this predicate, and a query can only use a partial index if its
+WHERE contains the same expression: PostgreSQL cannot prove it from ``$1`` placeholders (in a generic
+plan) and SQLite matches terms literally. Queries on those indexes use this text as it is.
+"""
 
 OUTBOX_STATES: tuple[str, ...] = ("pending", "sending", "sent", "failed")
 """An outbox item's life: pending → sending (leased by a dispatcher) → sent, or back to pending, or failed."""
@@ -80,8 +113,23 @@ class Message(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 
+def open_case_predicate() -> TextClause:
+    """``OPEN_CASE_SQL`` as a clause, for the queries that must match the partial indexes built on it."""
+    return text(OPEN_CASE_SQL)
+
+
+def _deadline_index(column: str) -> Index:
+    """Open cases with this deadline set, in deadline order: the scanner reads a short index range.
+
+    Partial, so neither finished cases (which may keep stale deadlines) nor cases without a promise
+    take space or scan time; ``id`` breaks ties so ``ORDER BY due, id LIMIT n`` needs no sort.
+    """
+    where = text(f"{OPEN_CASE_SQL} AND {column} IS NOT NULL")
+    return Index(f"ix_cases_{column}_open", column, "id", sqlite_where=where, postgresql_where=where)
+
+
 class Case(SQLModel, table=True):
-    """A complaint: the public fields plus the transcript it was taken from."""
+    """A complaint: the public fields, the transcript it was taken from, and the work on it since."""
 
     __tablename__ = "cases"
     __table_args__ = (
@@ -89,6 +137,7 @@ class Case(SQLModel, table=True):
         Index("ix_cases_created_at", "created_at"),
         Index("ix_cases_mall_created_at", "mall", "created_at"),
         Index("ix_cases_customer", "channel", "customer_id", "created_at"),
+        *(_deadline_index(column) for column in CASE_DEADLINES),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -125,6 +174,26 @@ class Case(SQLModel, table=True):
     unrouted: bool = Field(
         default=False, sa_type=Boolean, nullable=False, sa_column_kwargs={"server_default": false()}
     )
+
+    # The work after intake (migration 0003). Changed only through UnitOfWork.update_case.
+    nature: str | None = Field(default=None, sa_type=String(16), nullable=True)  # NATURES
+    # {"codes": [...], "amount": "123.45" | None, "text": str, "proposed_by": str, "approved_by": str | None};
+    # SQL NULL (not JSON null) when there is none, so "solution IS NULL" means what it says.
+    solution: dict[str, Any] | None = Field(default=None, sa_type=json_type(none_as_null=True), nullable=True)
+    first_contact_due: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    next_update_due: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    resolution_due: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    first_contacted_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    resolved_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    satisfaction: int | None = Field(default=None, sa_type=Integer, nullable=True)  # 1..5, from the follow-up
+    # Each missed deadline raises it: 0 owner, 1 mall manager, 2 escalation group.
+    escalation_level: int = Field(
+        default=0, sa_type=Integer, nullable=False, sa_column_kwargs={"server_default": text("0")}
+    )
+    # Bumped by every change to the case: staff and scanners pass it back as expected_version, so
+    # an action based on what someone saw fails instead of overwriting what changed since.
+    version: int = Field(default=1, sa_type=Integer, nullable=False, sa_column_kwargs={"server_default": text("1")})
 
 
 class CaseEvent(SQLModel, table=True):

@@ -15,18 +15,34 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, Integer, RowMapping, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    RowMapping,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Executable
 
 from storage.case_numbers import format_case_number, normalize_case_number
 from storage.db import BEGIN_OPTION, make_engine, upgrade_schema
 from storage.models import (
+    CASE_DEADLINES,
+    CASE_MILESTONES,
     EVIDENCE_KINDS,
+    NATURES,
     OUTBOX_STATES,
     PRIORITIES,
     PUBLIC_FIELDS,
@@ -36,6 +52,7 @@ from storage.models import (
     conversations,
     evidence,
     messages,
+    open_case_predicate,
     outbox,
 )
 from storage.sqltypes import as_utc
@@ -45,6 +62,29 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 _CENT = Decimal("0.01")
 _MAX_AMOUNT = Decimal("1e10")  # Numeric(12, 2)
+
+CASE_CHANGE_KEYS: frozenset[str] = frozenset(
+    {
+        "status",
+        "owner",
+        "owner_name",
+        "claimed_at",
+        "nature",
+        "priority",
+        "solution",
+        *CASE_DEADLINES,
+        *CASE_MILESTONES,
+        "satisfaction",
+        "escalation_level",
+    }
+)
+"""What ``UnitOfWork.update_case`` may change; the intake fields and the transcript are the customer's words."""
+
+SOLUTION_KEYS: tuple[str, ...] = ("codes", "amount", "text", "proposed_by", "approved_by")
+"""A case's ``solution``: codes ("refund", "repair", …), yuan as a string with cents or None, the words
+the customer is shown, and the display names of who proposed and who approved (None until someone does)."""
+
+_STATUS_LENGTH = 32  # cases.status is String(32); PostgreSQL would refuse longer, SQLite would not
 
 
 # --------------------------------------------------------------------------- records
@@ -119,11 +159,28 @@ class CaseRecord:
     owner_name: str | None = None
     claimed_at: datetime | None = None
     unrouted: bool = False
+    nature: str | None = None
+    """One of NATURES once staff classified the case."""
+    solution: dict[str, Any] | None = None
+    """See SOLUTION_KEYS; ``amount`` is a string ("123.45") because JSON has no decimals."""
+    first_contact_due: datetime | None = None
+    next_update_due: datetime | None = None
+    resolution_due: datetime | None = None
+    first_contacted_at: datetime | None = None
+    resolved_at: datetime | None = None
+    closed_at: datetime | None = None
+    satisfaction: int | None = None
+    """The customer's 1..5 answer to the follow-up."""
+    escalation_level: int = 0
+    version: int = 1
+    """Bumped by every change; pass it back as ``expected_version`` to act only on what you saw."""
 
     def public_dict(self) -> dict[str, Any]:
         """JSON-ready view with the product's public keys, for the CLI, exports and APIs.
 
         The owner's display name is shown, never the staff identity (a platform account id).
+        The keys are exactly the intake-era ones: the work after intake (nature, solution, deadlines,
+        satisfaction, …) is read from the record's attributes.
         """
         out: dict[str, Any] = {
             "number": self.number,
@@ -236,6 +293,89 @@ def _case_field_values(fields: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _aware_or_none(key: str, value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise ValueError(f"{key} must be an aware datetime or None, got {value!r}")
+    return as_utc(value)
+
+
+def _small_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    return value
+
+
+def _text_or_none(key: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{key} must be a string or None, got {value!r}")
+    return None if value is None else str(value)
+
+
+def _solution_value(value: Any) -> dict[str, Any] | None:
+    """Check a solution's shape (SOLUTION_KEYS) and store its amount as a string with cents."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"solution must be a dict or None, got {value!r}")
+    unknown = set(value) - set(SOLUTION_KEYS)
+    if unknown:
+        raise ValueError(f"unknown solution keys: {sorted(unknown)}")
+    codes = value.get("codes")
+    if not isinstance(codes, list | tuple) or not all(isinstance(code, str) for code in codes):
+        raise ValueError(f"solution codes must be a list of strings, got {codes!r}")
+    for key in ("text", "proposed_by"):
+        if not isinstance(value.get(key), str):
+            raise ValueError(f"solution {key} must be a string, got {value.get(key)!r}")
+    amount = _to_amount(value.get("amount"))
+    if amount is not None and amount < 0:
+        raise ValueError(f"solution amount cannot be negative, got {value.get('amount')!r}")
+    return {
+        "codes": list(codes),
+        "amount": None if amount is None else str(amount),
+        "text": value["text"],
+        "proposed_by": value["proposed_by"],
+        "approved_by": _text_or_none("solution approved_by", value.get("approved_by")),
+    }
+
+
+def _case_change_values(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate ``update_case`` changes into column values; an unknown key is a caller bug, never dropped."""
+    unknown = set(changes) - CASE_CHANGE_KEYS
+    if unknown:
+        raise ValueError(f"case fields that update_case cannot change: {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    for key, value in changes.items():
+        if key == "status":
+            if not isinstance(value, str) or not 0 < len(value) <= _STATUS_LENGTH:
+                raise ValueError(f"status must be a non-empty string of at most {_STATUS_LENGTH}, got {value!r}")
+            values[key] = str(value)  # a StrEnum member goes in as its plain value
+        elif key in ("owner", "owner_name"):
+            values[key] = _text_or_none(key, value)
+        elif key == "nature":
+            if value is not None and value not in NATURES:
+                raise ValueError(f"nature must be one of {NATURES} or None, got {value!r}")
+            values[key] = None if value is None else str(value)
+        elif key == "priority":
+            if value not in PRIORITIES:
+                raise ValueError(f"priority must be one of {PRIORITIES}, got {value!r}")
+            values[key] = str(value)
+        elif key == "solution":
+            values[key] = _solution_value(value)
+        elif key == "satisfaction":
+            if value is not None and not 1 <= _small_int(key, value) <= 5:
+                raise ValueError(f"satisfaction must be 1..5 or None, got {value!r}")
+            values[key] = value
+        elif key == "escalation_level":
+            if _small_int(key, value) < 0:
+                raise ValueError(f"escalation_level must be >= 0, got {value!r}")
+            values[key] = value
+        else:  # claimed_at, the deadlines and the milestones
+            values[key] = _aware_or_none(key, value)
+    return values
+
+
 def _conversation_record(row: RowMapping) -> ConversationRecord:
     return ConversationRecord(
         id=row["id"],
@@ -276,6 +416,17 @@ def _case_record(row: RowMapping) -> CaseRecord:
         owner_name=row["owner_name"],
         claimed_at=row["claimed_at"],
         unrouted=row["unrouted"],
+        nature=row["nature"],
+        solution=row["solution"],
+        first_contact_due=row["first_contact_due"],
+        next_update_due=row["next_update_due"],
+        resolution_due=row["resolution_due"],
+        first_contacted_at=row["first_contacted_at"],
+        resolved_at=row["resolved_at"],
+        closed_at=row["closed_at"],
+        satisfaction=row["satisfaction"],
+        escalation_level=row["escalation_level"],
+        version=row["version"],
     )
 
 
@@ -323,6 +474,13 @@ def shanghai_day(moment: datetime) -> date:
     return as_utc(moment).astimezone(SHANGHAI).date()
 
 
+def shanghai_month(year: int, month: int) -> tuple[datetime, datetime]:
+    """[start, end) of a calendar month in Asia/Shanghai, as aware UTC (a month starts at 16:00 UTC)."""
+    start = datetime(year, month, 1, tzinfo=SHANGHAI)
+    end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=SHANGHAI)
+    return as_utc(start), as_utc(end)
+
+
 # --------------------------------------------------------------------------- statements
 
 
@@ -341,6 +499,7 @@ class _Statements:
     find_inbound: Executable
     replies_after: Executable
     claim_case: Executable
+    cases_due: Executable
     insert_outbox: Executable
     insert_evidence: Executable
     attach_evidence: Executable
@@ -383,6 +542,72 @@ def _claim_due(dialect_name: str) -> Executable:
         taken = due.with_for_update(skip_locked=True).cte("due").prefix_with("MATERIALIZED")
         return claim.where(o.id == taken.c.id).returning(*outbox.c)
     return claim.where(o.id.in_(due.scalar_subquery())).returning(*outbox.c)
+
+
+def _cases_due() -> Executable:
+    """Open cases with any deadline at or before ``:now``, earliest deadline first, at most ``:limit``.
+
+    One ordered range read per deadline on its partial index (``ix_cases_<deadline>_open``), each
+    stopped after ``:limit`` rows, so a pass costs O(limit) however many cases are open. A case's
+    place is its earliest deadline; a case cut from the branch of its earliest deadline has at least
+    ``:limit`` cases before it there, so the outer LIMIT drops it anyway. The predicate is the
+    literal ``OPEN_CASE_SQL`` the indexes were built with; with bound statuses neither backend
+    could prove the index applies.
+    """
+    c = cases.c
+    now = bindparam("now", type_=c.first_contact_due.type)
+    limit = bindparam("limit", type_=Integer())
+    branches = []
+    for name in CASE_DEADLINES:
+        due = c[name]
+        branch = (
+            select(c.id, due.label("due"))
+            .where(open_case_predicate(), due <= now)
+            .order_by(due, c.id)
+            .limit(limit)
+            .subquery(f"due_{name}")
+        )
+        branches.append(select(branch.c.id, branch.c.due))
+    candidates = union_all(*branches).subquery("candidates")
+    earliest = (
+        select(candidates.c.id, func.min(candidates.c.due).label("due"))
+        .group_by(candidates.c.id)
+        .order_by(func.min(candidates.c.due), candidates.c.id)
+        .limit(limit)
+        .subquery("earliest")
+    )
+    return (
+        select(cases)
+        .join_from(cases, earliest, c.id == earliest.c.id)
+        .order_by(earliest.c.due, c.id)
+    )
+
+
+@lru_cache(maxsize=256)
+def _update_case(keys: tuple[str, ...], check_status: bool, check_version: bool) -> Executable:
+    """The conditional UPDATE of ``UnitOfWork.update_case`` for one set of changed columns, built once.
+
+    Callers change a handful of column sets, so each shape is built (and compiled) once, like the
+    statements of ``_Statements``.
+    """
+    c = cases.c
+    where = [c.id == bindparam("w_id")]
+    if check_status:
+        where.append(c.status.in_(bindparam("w_status", expanding=True)))
+    if check_version:
+        where.append(c.version == bindparam("w_version"))
+    return (
+        update(cases)
+        .where(*where)
+        .values(
+            {
+                **{key: bindparam(key, type_=c[key].type) for key in keys},
+                "version": c.version + 1,
+                "updated_at": bindparam("at", type_=c.updated_at.type),
+            }
+        )
+        .returning(*cases.c)
+    )
 
 
 @cache
@@ -449,8 +674,10 @@ def _statements(dialect_name: str) -> _Statements:
             claimed_at=bindparam("at", type_=cases.c.claimed_at.type),
             status="claimed",
             updated_at=bindparam("at", type_=cases.c.updated_at.type),
+            version=cases.c.version + 1,  # a claim is a case change: actions based on the unclaimed case fail
         )
         .returning(cases.c.id),
+        cases_due=_cases_due(),
         insert_outbox=insert(outbox).returning(o.id),
         insert_evidence=insert(evidence).returning(e.id),
         attach_evidence=update(evidence)
@@ -563,6 +790,38 @@ class Reader:
         )
         return self._cases(query)
 
+    def open_cases_for_customer(self, channel: str, customer_id: str) -> list[CaseRecord]:
+        """A customer's cases that are not closed or rejected, newest first ("我的投诉怎么样了")."""
+        query = (
+            select(cases)
+            .where(cases.c.channel == channel, cases.c.customer_id == customer_id, open_case_predicate())
+            .order_by(cases.c.created_at.desc(), cases.c.id.desc())
+        )
+        return self._cases(query)
+
+    def cases_due(self, *, now: datetime, limit: int = 500) -> list[CaseRecord]:
+        """Open cases with a deadline (first contact, next update, resolution) at or before ``now``.
+
+        Earliest deadline first, at most ``limit``: the deadline scanner works through them and
+        records what it did with ``update_case(expected_version=...)``, so when several processes
+        scan at once each reminder or escalation is written once. Finished cases never show up,
+        whatever deadlines they kept.
+        """
+        if limit <= 0:
+            return []
+        params = {"now": as_utc(now), "limit": limit}
+        return self._cases(self._sql.cases_due, params)
+
+    def cases_in_month(self, *, year: int, month: int) -> list[CaseRecord]:
+        """Cases opened in a calendar month as Shanghai counts it, oldest first, for the monthly report."""
+        start, end = shanghai_month(year, month)
+        query = (
+            select(cases)
+            .where(cases.c.created_at >= start, cases.c.created_at < end)
+            .order_by(cases.c.created_at, cases.c.id)
+        )
+        return self._cases(query)
+
     def messages(self, channel: str, customer_id: str, *, limit: int = 200) -> list[MessageRecord]:
         """The newest ``limit`` messages of a customer, oldest first (for transcripts and staff)."""
         query = (
@@ -599,8 +858,8 @@ class Reader:
             counts[state] = count
         return counts
 
-    def _cases(self, query: Executable) -> list[CaseRecord]:
-        return [_case_record(row) for row in self._conn.execute(query).mappings()]
+    def _cases(self, query: Executable, params: Mapping[str, Any] | None = None) -> list[CaseRecord]:
+        return [_case_record(row) for row in self._conn.execute(query, params).mappings()]
 
 
 class UnitOfWork(Reader):
@@ -712,6 +971,12 @@ class UnitOfWork(Reader):
                 "owner_name": None,
                 "claimed_at": None,
                 "unrouted": draft.unrouted,
+                "nature": None,
+                "solution": None,
+                **dict.fromkeys((*CASE_DEADLINES, *CASE_MILESTONES)),
+                "satisfaction": None,
+                "escalation_level": 0,
+                "version": 1,
             },
         ).scalar_one()
         self.add_case_event(
@@ -757,6 +1022,46 @@ class UnitOfWork(Reader):
         if case is None:
             raise CaseNotFound(f"no case with id {case_id}")
         return won, case
+
+    def update_case(
+        self,
+        *,
+        case_id: int,
+        expected_status: str | tuple[str, ...] | None,
+        expected_version: int | None = None,
+        changes: dict[str, Any],
+        event: tuple[str, str, dict[str, Any]] | None,
+        at: datetime,
+    ) -> CaseRecord | None:
+        """Apply ``changes`` if the case is still as the caller saw it; the updated case, or None.
+
+        One conditional UPDATE (``WHERE id = :id [AND status IN expected] [AND version = expected]``)
+        decides, as in ``claim_case``: of two staff acting on the same state at once exactly one
+        succeeds on either backend. It sets ``changes`` (keys: CASE_CHANGE_KEYS, anything else is a
+        ValueError, as is a value of the wrong kind), bumps ``version`` and sets ``updated_at`` to
+        ``at``. Empty ``changes`` still bump the version (an answer or a note recorded against
+        the state it answers). None means the condition failed (someone changed the case first,
+        or no case has this id): nothing was written, and the caller reloads and tells the user.
+        Only on success is ``event`` = (kind, actor, data) added to the timeline, in this transaction.
+        """
+        values = _case_change_values(changes)
+        statuses = (expected_status,) if isinstance(expected_status, str) else expected_status
+        if statuses is not None and not statuses:
+            raise ValueError("expected_status must name at least one status, or be None")
+        at = as_utc(at)
+        statement = _update_case(tuple(sorted(values)), statuses is not None, expected_version is not None)
+        params: dict[str, Any] = {"w_id": case_id, "at": at, **values}
+        if statuses is not None:
+            params["w_status"] = [str(status) for status in statuses]
+        if expected_version is not None:
+            params["w_version"] = expected_version
+        row = self._conn.execute(statement, params).mappings().first()
+        if row is None:
+            return None
+        if event is not None:
+            kind, actor, data = event
+            self.add_case_event(case_id=case_id, kind=kind, actor=actor, data=data, at=at)
+        return _case_record(row)
 
     def enqueue(
         self,
@@ -907,6 +1212,18 @@ class Store:
         with self.reading() as reader:
             return reader.cases_for_customer(channel, customer_id)
 
+    def open_cases_for_customer(self, channel: str, customer_id: str) -> list[CaseRecord]:
+        with self.reading() as reader:
+            return reader.open_cases_for_customer(channel, customer_id)
+
+    def cases_due(self, *, now: datetime, limit: int = 500) -> list[CaseRecord]:
+        with self.reading() as reader:
+            return reader.cases_due(now=now, limit=limit)
+
+    def cases_in_month(self, *, year: int, month: int) -> list[CaseRecord]:
+        with self.reading() as reader:
+            return reader.cases_in_month(year=year, month=month)
+
     def messages(self, channel: str, customer_id: str, *, limit: int = 200) -> list[MessageRecord]:
         with self.reading() as reader:
             return reader.messages(channel, customer_id, limit=limit)
@@ -988,6 +1305,8 @@ class Store:
 
 
 __all__ = [
+    "CASE_CHANGE_KEYS",
+    "SOLUTION_KEYS",
     "CaseDraft",
     "CaseEventRecord",
     "CaseNotFound",
@@ -1001,4 +1320,5 @@ __all__ = [
     "Store",
     "UnitOfWork",
     "shanghai_day",
+    "shanghai_month",
 ]

@@ -88,6 +88,6 @@ class CleanString(TypeDecorator[str]):
         return None if value is None else clean_text(value)
 
 
-def json_type() -> TypeEngine[Any]:
-    """JSON on SQLite, JSONB on PostgreSQL."""
-    return JSON().with_variant(JSONB(), "postgresql")
+def json_type(*, none_as_null: bool = False) -> TypeEngine[Any]:
+    """JSON on SQLite, JSONB on PostgreSQL; ``none_as_null`` stores Python None as SQL NULL, not JSON null."""
+    return JSON(none_as_null=none_as_null).with_variant(JSONB(none_as_null=none_as_null), "postgresql")

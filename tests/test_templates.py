@@ -106,8 +106,50 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "staff/case_brief": [
         {"case": CASE, "mall_name": "红星美凯龙上海真北商场"},
         {"case": CASE, "mall_name": None},
+        # what /case shows in a Telegram group: the solution waiting for approval, the latest timeline
+        {"case": dataclasses.replace(CLAIMED, status="awaiting_approval", solution={
+            "codes": ["compensation"], "amount": "300.00", "text": "赔偿300元，三个工作日内到账",
+            "proposed_by": "李经理", "approved_by": None}), "mall_name": ZHENBEI, "approver_role": "store_manager",
+         "events": [*EVENTS, CaseEventRecord(kind="ask", actor="telegram:42", created_at=OPENED_UTC,
+                                             data={"by": "李经理", "text": "小票还在吗？"})]},
     ],
+    "staff/help": [{}],
+    "staff/command_usage": [{"command": command} for command in (
+        "case", "verify", "note", "ask", "progress", "propose", "approve", "agree", "resolve", "reject", "reassign",
+        "close", "reopen")],
     "staff/claimed": [{"case": CLAIMED, "won": True}, {"case": CLAIMED, "won": False}],
+    "answer_relayed": [{"number": "KS2611220019"}],
+    "solution_agreed": [{"number": "KS2611220019"}],
+    "solution_declined": [{"number": "KS2611220019"}],
+    "satisfaction_thanks": [{"number": "KS2611220019", "score": 5}],
+    "satisfaction_reopened": [{"number": "KS2611220019", "score": 1}],
+    "satisfaction_ask_again": [{"number": "KS2611220019"}],
+    "case/claimed": [{"case": CLAIMED}],
+    "case/question": [{"case": CLAIMED, "question": "扶手开裂在左边还是右边？方便拍张照片吗？"}],
+    "case/progress": [{"case": CLAIMED, "progress": "已联系品牌方，明天上午十点上门检测。"}],
+    "case/solution": [
+        {"case": CLAIMED, "solution": {"codes": ["exchange", "compensation"], "amount": "300",
+                                       "text": "更换扶手并补偿300元", "proposed_by": "李经理",
+                                       "approved_by": "王店长"}},
+        {"case": CLAIMED, "solution": {"codes": ["repair"], "amount": None, "text": "",
+                                       "proposed_by": "李经理", "approved_by": None}},
+    ],
+    "case/rejected": [{"case": CLAIMED, "reason": "经检测属于人为损坏，不在保修范围内。"}],
+    "case/resolved": [{"case": CLAIMED, "summary": "扶手已更换"}, {"case": CLAIMED, "summary": ""}],
+    "staff/customer_replied": [
+        {"case": CLAIMED, "event": event, "text": "左边扶手，照片稍后发", "score": score}
+        for event, score in (("customer_answer", None), ("customer_agreed", None), ("customer_declined", None),
+                             ("satisfied", 5), ("dissatisfied", 2))
+    ],
+    "staff/action_done": [{"case": CLAIMED, "action": action} for action in
+                          ("verify", "note", "ask", "progress", "propose", "approve", "agree", "resolve", "reject",
+                           "reassign", "close", "reopen")],
+    "staff/approval_limit": [{"approver_role": "store_manager"}],
+    "staff/case_not_found": [{}],
+    "staff/conflict": [{}],
+    "staff/not_now": [{"action": "approve", "state": "claimed"}],
+    "staff/text_required": [{"action": "ask"}],
+    "staff/unknown_member": [{"to": "telegram:999"}, {"to": None}],
     "staff/not_allowed": [{}],
     "staff/case_usage": [{}],
     "web/chat.html": [{}],

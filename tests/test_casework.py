@@ -1,0 +1,232 @@
+"""Staff work a case after intake: lifecycle, authorization, approval, and the customer's answers.
+
+The service is real (storage on SQLite and PostgreSQL through the `store` fixture); the customer is
+a console customer talking to the intake service, so what they read is asserted as text.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from bot.app import build_staff_service
+from bot.config import Settings
+from bot.lifecycle import DEFAULT_LIMITS, TRANSITIONS, Action, ApprovalRule, NotAllowedNow, Status, next_status
+from bot.notify import StaffNotifier
+from bot.service import InboundMessage, IntakeService
+from bot.staff import StaffMember, StaffService
+from bot.templating import Renderer
+from dialogs.catalog import Catalog, load_catalog
+from storage.repository import CaseRecord, Store
+
+T = TypeVar("T")
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+NOW = datetime(2026, 11, 22, 14, 30, tzinfo=SHANGHAI)
+OPENING = "我叫王丽，电话13812345678，去年12月8号在真北店顾家买的沙发，12800，扶手开裂了，要求换货"
+FOLLOW_UPS = ("上周六送的", "上海市闵行区七宝镇漕宝路1500弄3号502", "没有", "确认")
+SPECIALIST = StaffMember("telegram:101", "李专员")
+MANAGER = StaffMember("telegram:102", "王店长")
+OUTSIDER = StaffMember("telegram:103", "赵专员")
+DIRECTORY = """
+staff:
+  - {id: "telegram:101", name: 李专员, role: specialist, malls: [sh-zhenbei]}
+  - {id: "telegram:102", name: 王店长, role: store_manager, malls: [sh-zhenbei]}
+  - {id: "telegram:103", name: 赵专员, role: specialist, malls: [bj-xisihuan]}
+"""
+
+
+# ------------------------------------------------------------------ the lifecycle table
+
+
+def test_every_status_has_a_way_out() -> None:
+    """No case can get stuck: even closed and rejected cases can be reopened."""
+    leavable = {status for starts, target in TRANSITIONS.values() if target is not None for status in starts}
+    assert leavable == set(Status)
+
+
+@pytest.mark.parametrize(("action", "current", "target"), [
+    (Action.CLAIM, "new", Status.CLAIMED),
+    (Action.PROPOSE, "claimed", Status.PROPOSED),
+    (Action.APPROVE, "awaiting_approval", Status.PROPOSED),
+    (Action.AGREE, "proposed", Status.AGREED),
+    (Action.RESOLVE, "agreed", Status.RESOLVED),
+    (Action.REOPEN, "closed", Status.REOPENED),
+    (Action.NOTE, "closed", None),
+])
+def test_allowed_transitions(action: Action, current: str, target: Status | None) -> None:
+    assert next_status(action, current) == target
+
+
+@pytest.mark.parametrize(("action", "current"), [
+    (Action.CLAIM, "claimed"), (Action.APPROVE, "claimed"), (Action.AGREE, "claimed"),
+    (Action.CLOSE, "claimed"), (Action.ASK, "closed"), (Action.RESOLVE, "new"), (Action.REJECT, "resolved"),
+])
+def test_refused_transitions(action: Action, current: str) -> None:
+    with pytest.raises(NotAllowedNow):
+        next_status(action, current)
+
+
+@pytest.mark.parametrize(("amount", "role"), [
+    (Decimal(30), "front_desk_manager"), (Decimal(50), "front_desk_manager"), (Decimal(51), "deputy_store_manager"),
+    (Decimal(2000), "store_manager"), (Decimal(2001), "operations_vp"),
+])
+def test_the_seeds_approval_limits(amount: Decimal, role: str) -> None:
+    assert ApprovalRule(dict(DEFAULT_LIMITS)).approver_for(amount) == role
+
+
+def test_money_beyond_the_proposers_limit_needs_approval() -> None:
+    rule = ApprovalRule(dict(DEFAULT_LIMITS))
+    assert rule.needs_approval(["compensation"], Decimal(300), "specialist")
+    assert not rule.needs_approval(["compensation"], Decimal(300), "store_manager")
+    assert not rule.needs_approval(["repair"], None, "specialist")
+
+
+# ------------------------------------------------------------------ the service
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Catalog:
+    demo = (Path(__file__).parent.parent / "bot" / "data" / "demo_catalog.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "catalog.yaml"
+    path.write_text(demo + DIRECTORY, encoding="utf-8")
+    return load_catalog(path)
+
+
+@pytest.fixture
+def staff(store: Store, catalog: Catalog) -> StaffService:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    return build_staff_service(settings, store, catalog, Renderer(), clock=lambda: NOW + timedelta(hours=1))
+
+
+@pytest.fixture
+def intake(store: Store, catalog: Catalog, staff: StaffService) -> IntakeService:
+    renderer = Renderer()
+    notifier = StaffNotifier(catalog, renderer, Settings(_env_file=None))  # type: ignore[call-arg]
+    return IntakeService(store, catalog, renderer, clock=lambda: NOW, notifier=notifier, casework=staff)
+
+
+def say(intake: IntakeService, text: str, customer: str = "c-1", channel: str = "console") -> list[str]:
+    return intake.handle(InboundMessage(channel, customer, text)).replies
+
+
+def open_case(intake: IntakeService, customer: str = "c-1", channel: str = "console") -> CaseRecord:
+    say(intake, OPENING, customer, channel)
+    outcome = None
+    for text in FOLLOW_UPS:
+        outcome = intake.handle(InboundMessage(channel, customer, text))
+    assert outcome is not None and outcome.case is not None, outcome
+    return outcome.case
+
+
+def events(store: Store, case: CaseRecord) -> list[str]:
+    return [event.kind for event in store.get_case_events(case.id)]
+
+
+def test_a_case_from_claim_to_a_satisfied_customer(intake: IntakeService, staff: StaffService, store: Store) -> None:
+    case = open_case(intake)
+    assert staff.claim(case.number, SPECIALIST, telegram_chat=None).won
+    asked = staff.act(case.number, Action.ASK, SPECIALIST, text="开裂在哪一侧？")
+    assert asked.ok
+    assert say(intake, "左边扶手") == [f"收到，您的回复已转给投诉 {case.number} 的负责人。"]
+    proposed = staff.act(case.number, Action.PROPOSE, SPECIALIST, text="更换扶手", codes=("exchange",))
+    assert proposed.ok and proposed.case is not None and proposed.case.status == "proposed"
+    assert "同意" in say(intake, "同意")[0]
+    assert store.get_case(case.number).status == "agreed"  # type: ignore[union-attr]
+    resolved = staff.act(case.number, Action.RESOLVE, SPECIALIST, text="扶手已更换")
+    assert resolved.ok and resolved.case is not None and resolved.case.status == "follow_up"
+    assert "5分" in say(intake, "5")[0]
+    final = store.get_case(case.number)
+    assert final is not None and final.status == "closed" and final.satisfaction == 5
+    assert events(store, case) == ["opened", "claimed", "ask", "customer_answer", "propose", "customer_agreed",
+                                   "resolve", "satisfied"]
+
+
+def test_a_low_score_reopens_the_case(intake: IntakeService, staff: StaffService, store: Store) -> None:
+    case = open_case(intake)
+    staff.claim(case.number, SPECIALIST, telegram_chat=None)
+    staff.act(case.number, Action.RESOLVE, SPECIALIST, text="已上门维修")
+    assert "重新打开" in say(intake, "没解决")[0]
+    assert store.get_case(case.number).status == "reopened"  # type: ignore[union-attr]
+
+
+def test_compensation_beyond_the_limit_waits_for_the_manager(intake: IntakeService, staff: StaffService,
+                                                             store: Store) -> None:
+    case = open_case(intake)
+    staff.claim(case.number, SPECIALIST, telegram_chat=None)
+    proposed = staff.act(case.number, Action.PROPOSE, SPECIALIST, text="补偿300元", codes=("compensation",),
+                         amount=Decimal(300))
+    assert proposed.case is not None and proposed.case.status == "awaiting_approval"
+    refused = staff.act(case.number, Action.APPROVE, SPECIALIST)
+    assert refused.refusal == "staff/approval_limit"
+    assert refused.detail == {"approver_role": "store_manager"}
+    approved = staff.act(case.number, Action.APPROVE, MANAGER)
+    assert approved.ok and approved.case is not None and approved.case.status == "proposed"
+    assert approved.case.solution is not None and approved.case.solution["approved_by"] == "王店长"
+
+
+def test_staff_of_another_mall_cannot_act(intake: IntakeService, staff: StaffService, store: Store) -> None:
+    case = open_case(intake)
+    assert not staff.claim(case.number, OUTSIDER, telegram_chat=None).allowed
+    assert staff.act(case.number, Action.NOTE, OUTSIDER, text="看看").refusal == "staff/not_allowed"
+    assert store.get_case(case.number).owner is None  # type: ignore[union-attr]
+
+
+def test_an_action_in_the_wrong_state_is_refused(intake: IntakeService, staff: StaffService) -> None:
+    case = open_case(intake)
+    result = staff.act(case.number, Action.APPROVE, MANAGER)
+    assert result.refusal == "staff/not_now"
+    assert result.detail == {"action": "approve", "state": "new"}
+
+
+def run_together(count: int, work: Callable[[int], T]) -> list[T]:
+    results: list[Any] = [None] * count
+    barrier = threading.Barrier(count)
+
+    def run(index: int) -> None:
+        barrier.wait()
+        results[index] = work(index)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def test_concurrent_resolves_change_the_case_once(intake: IntakeService, staff: StaffService, store: Store) -> None:
+    case = open_case(intake)
+    staff.claim(case.number, SPECIALIST, telegram_chat=None)
+    results = run_together(6, lambda i: staff.act(case.number, Action.RESOLVE, SPECIALIST, text=f"处理{i}"))
+    assert sum(result.ok for result in results) == 1
+    assert {result.refusal for result in results if not result.ok} <= {"staff/conflict", "staff/not_now"}
+    assert events(store, case).count("resolve") == 1
+
+
+def test_progress_on_a_telegram_case_is_pushed_to_the_customer(intake: IntakeService, staff: StaffService,
+                                                               store: Store) -> None:
+    case = open_case(intake, customer="5550001", channel="telegram")
+    staff.claim(case.number, SPECIALIST, telegram_chat=None)
+    staff.act(case.number, Action.PROGRESS, SPECIALIST, text="明天上午十点上门检测")
+    pushed = [item for item in store.outbox_items(case_id=case.id) if item.kind == "customer_update"]
+    texts = [item.payload["text"] for item in pushed]
+    assert any("明天上午十点上门检测" in text for text in texts)
+    assert all(item.target == "5550001" and item.channel == "telegram" for item in pushed)
+
+
+def test_a_customer_cannot_answer_for_another_customers_case(intake: IntakeService, staff: StaffService,
+                                                             store: Store) -> None:
+    case = open_case(intake, customer="c-1")
+    staff.claim(case.number, SPECIALIST, telegram_chat=None)
+    staff.act(case.number, Action.ASK, SPECIALIST, text="方便拍照吗？")
+    with store.unit_of_work() as uow:
+        assert staff.customer_reply(uow, case.number, "question", "冒充的回答", channel="console",
+                                    customer_id="c-2", score=None, agrees=None, now=NOW) is None
+    assert "customer_answer" not in events(store, case)
