@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from bot.config import Settings
+from bot.deadlines import DeadlineScanner
 from bot.notify import StaffNotifier
 from bot.service import IntakeService
 from bot.staff import StaffService
@@ -54,9 +55,14 @@ def build_staff_service(settings: Settings, store: Store, catalog: Catalog, rend
     return StaffService(store, catalog, settings, renderer, clock=clock, on_outbox=on_outbox)
 
 
+def build_scanner(settings: Settings, store: Store, catalog: Catalog, renderer: Renderer, *,
+                  clock: Callable[[], datetime], on_outbox: Callable[[], None] = lambda: None) -> DeadlineScanner:
+    return DeadlineScanner(store, catalog, settings, renderer, clock=clock, on_outbox=on_outbox)
+
+
 def build_server(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Starlette:
     """The `kesu serve` application with every configured channel; refuses half-configured ones."""
-    from bot.dispatch import Dispatcher
+    from bot.dispatch import CaseDeliveryReports, Dispatcher
     from bot.server import create_app
     from handlers.web import web_adapter
 
@@ -66,6 +72,8 @@ def build_server(settings: Settings, *, clock: Callable[[], datetime] | None = N
     store = build_store(settings)
     dispatcher = Dispatcher(store, senders={}, clock=clock or (lambda: datetime.now(UTC)))
     service = build_service(settings, clock=clock, store=store, on_outbox=dispatcher.wake)
+    dispatcher.reports = CaseDeliveryReports(service.renderer,
+                                             StaffNotifier(service.catalog, service.renderer, settings))
     staff = service.casework or build_staff_service(settings, store, service.catalog, service.renderer,
                                                     clock=service.clock, on_outbox=dispatcher.wake)
     adapters = [web_adapter(service, service.renderer)]
@@ -93,4 +101,6 @@ def build_server(settings: Settings, *, clock: Callable[[], datetime] | None = N
         if adapter.sender is not None:
             dispatcher.senders[adapter.name] = adapter.sender
         dispatcher.senders.update(adapter.senders)
-    return create_app(service, dispatcher, adapters)
+    scanner = (build_scanner(settings, store, service.catalog, service.renderer, clock=service.clock,
+                             on_outbox=dispatcher.wake) if settings.deadline_scan_seconds > 0 else None)
+    return create_app(service, dispatcher, adapters, scanner)

@@ -27,6 +27,8 @@ app.add_typer(case_app, name="case")
 app.add_typer(db_app, name="db")
 telegram_app = typer.Typer(help="Telegram bot: webhook registration or long polling.", no_args_is_help=True)
 app.add_typer(telegram_app, name="telegram")
+deadlines_app = typer.Typer(help="Deadlines on cases: warnings before, escalations after.", no_args_is_help=True)
+app.add_typer(deadlines_app, name="deadlines")
 
 NowOption = Annotated[str | None, typer.Option(
     "--now", help="The conversation's clock, ISO-8601 (e.g. 2026-11-22T14:30:00+08:00); default: real time.")]
@@ -147,7 +149,8 @@ def cases_show(
 
 @app.command()
 def outbox(
-    state: Annotated[str | None, typer.Option("--state", help="pending, sending, sent or failed.")] = None,
+    state: Annotated[str | None, typer.Option(
+        "--state", help="pending, sending, attempting, sent, failed or uncertain.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
     db: DbOption = None,
 ) -> None:
@@ -161,6 +164,45 @@ def outbox(
     store = build_store(settings)
     typer.echo(build_renderer(settings).render("outbox_list", {
         "items": store.outbox_items(state=state, limit=limit), "counts": store.outbox_counts()}))
+
+
+@app.command()
+def report(
+    month: Annotated[str, typer.Option("--month", help="The month, YYYY-MM (cases opened then, Shanghai time).")],
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Also write the figures as CSV (UTF-8 with BOM).")
+                        ] = None,
+    xlsx_path: Annotated[Path | None, typer.Option("--xlsx", help="Also write them as an Excel workbook.")] = None,
+    now: Annotated[str | None, typer.Option(
+        "--now", help="Count deadlines as of this ISO-8601 time (default: now).")] = None,
+    catalog: CatalogOption = None,
+    db: DbOption = None,
+) -> None:
+    """Monthly statistics: by mall, brand, nature, grade and outcome; SLAs kept; satisfaction; escalations."""
+    from bot.app import build_renderer, build_store
+    from bot.report import ReportLabels, build_report, parse_month, write_csv, write_xlsx
+    from dialogs.catalog import load_catalog
+
+    try:
+        year, number = parse_month(month)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--month") from error
+    moment = _parse_now(now) or datetime.now(UTC)
+    settings = _settings(catalog, db)
+    renderer = build_renderer(settings)
+    labels = ReportLabels.from_renderer(renderer)
+    mall_names = {m.id: m.name for m in load_catalog(settings.catalog).malls}
+    figures = build_report(build_store(settings), year=year, month=number, now=moment, labels=labels,
+                           mall_names=mall_names)
+    typer.echo(renderer.render("report/monthly", {"report": figures}))
+    for kind, path, write in (("csv", csv_path, write_csv), ("xlsx", xlsx_path, write_xlsx)):
+        if path is None:
+            continue
+        try:
+            write(figures, labels, path)
+        except OSError as error:
+            typer.echo(f"kesu report: cannot write {path}: {error.strerror or error}", err=True)
+            raise typer.Exit(1) from error
+        typer.echo(renderer.render("report/written", {"kind": kind, "path": str(path)}))
 
 
 @app.command()
@@ -359,6 +401,30 @@ def case_reassign(
 ) -> None:
     """Hand the case over; the whole history stays with it."""
     _act("reassign", number, "", actor, name, None, db, to=to)
+
+
+@deadlines_app.command("scan")
+def deadlines_scan(
+    now: Annotated[str | None, typer.Option(
+        "--now", help="Scan as of this ISO-8601 time (e.g. 2026-11-23T15:00:00+08:00); default: now.")] = None,
+    catalog: CatalogOption = None,
+    db: DbOption = None,
+) -> None:
+    """One pass (for cron): warn owners before deadlines and escalate missed ones, each exactly once.
+
+    Safe beside running `kesu serve` processes, which scan every KESU_DEADLINE_SCAN_SECONDS themselves.
+    """
+    from bot.app import build_renderer, build_scanner, build_store
+    from dialogs.catalog import load_catalog
+
+    settings = _settings(catalog, db)
+    renderer = build_renderer(settings)
+    moment = _parse_now(now) or datetime.now(UTC)
+    scanner = build_scanner(settings, build_store(settings), load_catalog(settings.catalog), renderer,
+                            clock=lambda: moment)
+    result = scanner.scan(moment)
+    typer.echo(renderer.render("deadline/scan_done", {"now": moment, "actions": result.actions,
+                                                      "conflicts": result.conflicts}))
 
 
 def main() -> None:

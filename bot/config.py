@@ -60,6 +60,25 @@ class Settings(BaseSettings):
     rasa_token: str | None = Field(
         default=None, description="When set, /rasa/webhook needs ?token=… (Rasa's action_endpoint `token:`)")
 
+    # Deadlines on cases and their escalation (bot/deadlines.py). A clock is "calendar" (runs through
+    # weekends and holidays: the service keeps running on them) or "business" (working days only, China's
+    # calendar with working weekends, from the holidays file).
+    first_contact_hours: float = Field(default=24, gt=0, description="The script's promise: contact within 24 h")
+    next_update_hours: float = Field(default=24, gt=0, description="After each message to the customer, the next")
+    resolution_days: float = Field(default=7, gt=0, description="From opening (and from a reopening) to resolved")
+    first_contact_clock: Literal["calendar", "business"] = "calendar"
+    next_update_clock: Literal["calendar", "business"] = "calendar"
+    resolution_clock: Literal["calendar", "business"] = "calendar"
+    holidays: Path | None = Field(
+        default=None, description="Holiday YAML (format: bot/data/holidays_cn.yaml); the built-in one when unset")
+    deadline_warning_hours: float = Field(default=2, ge=0, description="Warn the owner this long before a deadline")
+    escalation_step_hours: float = Field(
+        default=8, gt=0, description="After an escalation, the next level hears it if the promise is still unkept")
+    escalation_repeat_hours: float = Field(
+        default=24, gt=0, description="At the top level, the escalation group is reminded this often")
+    deadline_scan_seconds: float = Field(
+        default=60, ge=0, description="How often kesu serve scans deadlines; 0: not at all (cron runs the scan)")
+
     def channel_problems(self) -> list[str]:
         """Half-configured channels, named by the setting that is missing; empty when all is well."""
         problems = []

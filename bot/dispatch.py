@@ -1,13 +1,57 @@
-"""Delivering the outbox: staff notifications and pushed customer replies.
+"""Delivering the outbox: staff notifications and messages to customers.
 
 Every message to push was written to the outbox in the same transaction as the change that
-caused it. The dispatcher takes due items (a lease, so several `kesu serve` processes never
-send the same item at once), hands each to its channel's sender, and records the outcome:
-sent, retry later with backoff, or failed for good. Its state is visible in the outbox table
-and on /healthz.
+caused it, so nothing is lost and nothing goes out for a change that rolled back. The dispatcher
+takes due items under a lease (several `kesu serve` processes never hold the same item at once),
+hands each to its channel's sender, and records the outcome. Its state is visible in the outbox
+table, `kesu outbox`, `kesu cases show` and /healthz.
 
-Attempts: every claim counts one (``Store.claim_due``); a transient failure (``RetryLater``)
-goes back with backoff until MAX_ATTEMPTS claims have been made, then fails. A sender whose own
+One item's steps, each its own committed write::
+
+    pending ─claim─▶ sending ─mark_attempting─▶ attempting ─platform call─▶ sent
+                                                   │            ├─▶ pending    RetryLater (backoff) or Throttled
+                                                   │            ├─▶ failed     Undeliverable, or MAX_ATTEMPTS used up
+                                                   │            └─▶ uncertain  MaybeDelivered (customer messages)
+                                                   └─ crash, lease lapses ─▶ uncertain (customer) / sent again (staff)
+
+The window that matters lies between the platform accepting a message and the row saying so. A
+process can die anywhere; the state a later dispatcher finds once the lease has lapsed says how
+far the dead one got:
+
+- "sending": claimed but never handed to the platform. It is sent; nothing can be duplicated.
+- "attempting": handed to the platform, or about to be. It may or may not have arrived, and none
+  of the platforms Kesu uses accepts an idempotency key that would let us ask. A customer message
+  is NOT sent again: it becomes "uncertain", its case gets a ``delivery_uncertain`` event and its
+  owner (or the mall's staff group) a message asking them to check with the customer. A message
+  to staff is sent again.
+- "sent", "failed", "uncertain": final.
+
+The same rule covers a sender that cannot tell whether the platform took the message
+(``MaybeDelivered``: no answer after the request went out, or a long message split into pieces
+that broke off halfway), and a sender that raised something unforeseen.
+
+The guarantee, per kind of message:
+
+- To customers (every kind named ``customer_…``: ``customer_reply``, pushed answers to a turn;
+  ``customer_update``, what staff actions tell the customer: claim, questions, progress, solutions,
+  the resolution and its satisfaction follow-up): **at most once, and never silently dropped**.
+  Each one ends sent, failed or uncertain, and for a case the latter two are on its timeline
+  (``customer_unreachable``, ``delivery_uncertain``) and in front of staff. Exactly once is
+  impossible without idempotency keys on the platform side; at most once plus a visible
+  "uncertain" is the honest promise. A WeChat message that only got through as a template message
+  (the 48-hour window had closed) is recorded as ``customer_reached`` and staff are told too.
+- To staff (every other kind: ``staff_notification``, ``staff_update``, ``staff_delivery_report``,
+  the deadline warnings and escalations): **at least once**. A duplicate in a staff chat costs a
+  glance; a lost one can cost a case. A new kind of message to customers MUST be named
+  ``customer_…``, or it is treated as a staff message and may be sent twice.
+
+Fencing: a dispatcher that stalls past its lease (rather than dying) may wake up after another one
+has claimed its item. Every step after the claim passes the claim's ``attempts`` back to the store
+as a fencing token, so the stale dispatcher's steps change nothing, and ``mark_attempting``
+returning False stops it before the platform call.
+
+Attempts: every claim counts one (``Store.claim_due``); a transient failure (``RetryLater``) goes
+back with backoff until MAX_ATTEMPTS claims have been made, then fails. A sender whose own
 per-target rate limit is full raises ``Throttled`` instead of waiting, so other targets keep
 flowing; the item is handed back untried (``Store.defer``) and that claim does not count.
 """
@@ -19,11 +63,14 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
+from bot.notify import StaffNotifier, mask_mobiles
 from bot.outbound import OutboundMessage
-from storage.repository import OutboxItem, Store
+from bot.templating import Renderer
+from storage.repository import CaseRecord, OutboxItem, Store, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +78,28 @@ MAX_ATTEMPTS = 8
 MAX_BACKOFF = timedelta(minutes=10)
 IDLE_POLL_SECONDS = 5.0
 MIN_DEFER_SECONDS = 0.1  # a throttled item is never due again at once (no claim-defer spinning)
+CLAIM_LEASE = timedelta(seconds=60)  # claim → attempting: no platform call in between
+# attempting → outcome: covers the platform call, so it must outlast any sender (WeChat: 10 s per API call and
+# piece; Telegram: its rate limiter's retries). A live dispatcher's slow send is never taken for a crash; the
+# price is that a crashed send is looked at again only this long after it started.
+ATTEMPT_LEASE = timedelta(minutes=5)
+
+CUSTOMER_KIND_PREFIX = "customer_"
+REPORT_KIND = "staff_delivery_report"
+INTERRUPTED = "interrupted while being handed to the platform (the dispatcher stopped): it may or may not have arrived"
+EXCERPT_CHARS = 60
+
+
+def at_most_once(kind: str) -> bool:
+    """Messages to customers (kinds named ``customer_…``) are never sent again when in doubt; staff messages are."""
+    return kind.startswith(CUSTOMER_KIND_PREFIX)
 
 
 class RetryLater(Exception):
-    """The platform cannot take it now (429, network, 5xx); `after` seconds is its hint if any."""
+    """The platform cannot take it now (429, network, 5xx); `after` seconds is its hint if any.
+
+    Only for failures where the platform certainly did not take the message; otherwise ``MaybeDelivered``.
+    """
 
     def __init__(self, reason: str, after: float | None = None) -> None:
         super().__init__(reason)
@@ -57,9 +122,33 @@ class Undeliverable(Exception):
     """The platform refused for good (blocked bot, unknown chat): retrying will not help."""
 
 
+class MaybeDelivered(Exception):
+    """The platform may have taken (part of) the message, so sending it again could repeat it.
+
+    A request that went out without an answer (read timeout, connection dropped), or a message in
+    pieces that broke off after the first ones were delivered. Customer messages become "uncertain";
+    staff messages are retried like ``RetryLater``.
+    """
+
+
 class Sender(Protocol):
     async def send(self, target: str, message: OutboundMessage) -> str | None:
         """Deliver; return the platform's message id if it has one."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an item ended: "sent" (with the platform's id), "failed" or "uncertain" (with the reason)."""
+
+    state: str
+    external_id: str | None = None
+    error: str = ""
+
+
+class DeliveryReports(Protocol):
+    def __call__(self, uow: UnitOfWork, item: OutboxItem, outcome: Outcome, at: datetime) -> int:
+        """Record what an outcome means beyond its row (case events, staff messages) in the transaction
+        that records the outcome; return how many messages were queued."""
 
 
 def backoff(attempts: int, hint: float | None) -> timedelta:
@@ -71,10 +160,12 @@ def backoff(attempts: int, hint: float | None) -> timedelta:
 
 class Dispatcher:
     def __init__(self, store: Store, senders: dict[str, Sender],
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 reports: DeliveryReports | None = None) -> None:
         self.store = store
         self.senders = senders
         self.clock = clock
+        self.reports = reports
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -100,41 +191,161 @@ class Dispatcher:
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
 
     async def run_once(self) -> int:
-        """One pass over due items; returns how many were taken."""
-        items = await asyncio.to_thread(self.store.claim_due, now=self.clock())
+        """One pass over due items (interrupted ones included); returns how many were taken."""
+        items = await asyncio.to_thread(self.store.claim_due, now=self.clock(), lease=CLAIM_LEASE)
         outcomes = await asyncio.gather(*(self._deliver(item) for item in items), return_exceptions=True)
         for item, outcome in zip(items, outcomes, strict=True):
-            if isinstance(outcome, BaseException):  # recording the outcome failed: its lease lapses, it goes again
+            if isinstance(outcome, BaseException):  # recording a step failed: its lease lapses, it is looked at again
                 log.error("outbox item %s: could not record the outcome", item.id, exc_info=outcome)
         return len(items)
 
     async def _deliver(self, item: OutboxItem) -> None:
+        interrupted = item.state == "attempting"  # its dispatcher stopped in the middle of the platform call
+        if interrupted and at_most_once(item.kind):
+            log.warning("outbox item %s (%s): its send was interrupted; not sending it again", item.id, item.kind)
+            await self._finish(item, Outcome("uncertain", error=INTERRUPTED))
+            return
         sender = self.senders.get(item.channel)
-        now = self.clock()
         if sender is None:
-            await asyncio.to_thread(self.store.mark_failed, item.id,
-                                    error=f"no sender configured for channel {item.channel!r}", at=now)
+            await self._finish(item, Outcome("failed", error=f"no sender configured for channel {item.channel!r}"))
+            return
+        if interrupted:
+            log.warning("outbox item %s (%s): its send was interrupted; sending it again", item.id, item.kind)
+        now = self.clock()
+        if not await asyncio.to_thread(self.store.mark_attempting, item.id, attempt=item.attempts,
+                                       lease_until=now + ATTEMPT_LEASE, at=now):
+            log.warning("outbox item %s: its lease lapsed and another dispatcher took it; not sending", item.id)
             return
         try:
             external_id = await sender.send(item.target, OutboundMessage.from_payload(item.payload))
         except Throttled as problem:
             later = self.clock() + timedelta(seconds=max(problem.after, MIN_DEFER_SECONDS))
-            await asyncio.to_thread(self.store.defer, item.id, next_attempt_at=later, at=self.clock())
+            await asyncio.to_thread(self.store.defer, item.id, attempt=item.attempts, next_attempt_at=later,
+                                    at=self.clock())
         except RetryLater as problem:
             await self._retry_or_fail(item, str(problem), problem.after)
         except Undeliverable as problem:
-            await asyncio.to_thread(self.store.mark_failed, item.id, error=str(problem), at=self.clock())
-        except Exception as problem:  # a sender bug or an unforeseen error: retried like a transient one
+            await self._finish(item, Outcome("failed", error=str(problem)))
+        except MaybeDelivered as problem:
+            await self._in_doubt(item, str(problem))
+        except Exception as problem:  # a sender bug or an unforeseen error: what it did is unknown
             log.exception("sending outbox item %s on %s failed unexpectedly", item.id, item.channel)
-            await self._retry_or_fail(item, f"{type(problem).__name__}: {problem}", None)
+            await self._in_doubt(item, f"{type(problem).__name__}: {problem}")
         else:
-            await asyncio.to_thread(self.store.mark_sent, item.id, external_id=external_id, at=self.clock())
+            await self._finish(item, Outcome("sent", external_id=external_id))
+
+    async def _in_doubt(self, item: OutboxItem, error: str) -> None:
+        """The platform may have the message: staff messages go again, customer messages never."""
+        if at_most_once(item.kind):
+            await self._finish(item, Outcome("uncertain", error=error))
+        else:
+            await self._retry_or_fail(item, error, None)
 
     async def _retry_or_fail(self, item: OutboxItem, error: str, hint: float | None) -> None:
         """Back to pending with backoff; failed for good once MAX_ATTEMPTS tries have been made."""
         if item.attempts >= MAX_ATTEMPTS:
-            await asyncio.to_thread(self.store.mark_failed, item.id,
-                                    error=f"gave up after {item.attempts} attempts: {error}", at=self.clock())
+            await self._finish(item, Outcome("failed", error=f"gave up after {item.attempts} attempts: {error}"))
             return
         later = self.clock() + backoff(item.attempts, hint)
-        await asyncio.to_thread(self.store.mark_retry, item.id, error=error, next_attempt_at=later, at=self.clock())
+        await asyncio.to_thread(self.store.mark_retry, item.id, attempt=item.attempts, error=error,
+                                next_attempt_at=later, at=self.clock())
+
+    async def _finish(self, item: OutboxItem, outcome: Outcome) -> None:
+        await asyncio.to_thread(self._record, item, outcome, self.clock())
+
+    def _record(self, item: OutboxItem, outcome: Outcome, at: datetime) -> None:
+        """The final state and what it means for the case, in one transaction."""
+        try:
+            with self.store.unit_of_work() as uow:
+                if self._mark(uow, item, outcome, at) and self.reports is not None:
+                    self.reports(uow, item, outcome, at)
+            return
+        except Exception:
+            if self.reports is None:
+                raise
+            log.exception("outbox item %s: reporting its outcome failed; recording the outcome alone", item.id)
+        with self.store.unit_of_work() as uow:  # a broken report must not leave a sent item looking unsent
+            self._mark(uow, item, outcome, at)
+
+    @staticmethod
+    def _mark(uow: UnitOfWork, item: OutboxItem, outcome: Outcome, at: datetime) -> bool:
+        if outcome.state == "sent":
+            return uow.mark_sent(item.id, external_id=outcome.external_id, at=at)
+        if outcome.state == "failed":
+            return uow.mark_failed(item.id, attempt=item.attempts, error=outcome.error, at=at)
+        if outcome.state == "uncertain":
+            return uow.mark_uncertain(item.id, attempt=item.attempts, error=outcome.error, at=at)
+        raise ValueError(f"not a final outbox state: {outcome.state!r}")
+
+
+# --------------------------------------------------------------------------- telling staff
+
+
+class CaseDeliveryReports:
+    """What became of a customer message about a case: on the case timeline and in front of staff.
+
+    - delivered as a WeChat template message (external id ``tpl:…``: the 48-hour window had closed):
+      event ``customer_reached`` {"path": "template"}. The customer got the short template form,
+      without buttons.
+    - failed for good: event ``customer_unreachable`` {"reason": …}; staff must reach the customer
+      another way (the case has the phone number).
+    - uncertain: event ``delivery_uncertain`` {"reason": …}; staff check with the customer, Kesu
+      does not send it again.
+
+    Each also queues a short ``staff_delivery_report`` message: privately to the case owner when
+    they are on Telegram, else to the mall's staff groups (the deployment's fallback group for a
+    mall without any). Messages to staff are never reported on, so reports cannot beget reports.
+    """
+
+    def __init__(self, renderer: Renderer, notifier: StaffNotifier) -> None:
+        self.renderer = renderer
+        self.notifier = notifier
+
+    def __call__(self, uow: UnitOfWork, item: OutboxItem, outcome: Outcome, at: datetime) -> int:
+        if not at_most_once(item.kind) or item.case_id is None:
+            return 0
+        event = case_event_for(outcome)
+        if event is None:
+            return 0
+        case = uow.get_case_by_id(item.case_id)
+        if case is None:
+            return 0
+        kind, data = event
+        data = {"item": item.id, "message_kind": item.kind, "channel": item.channel, **data}
+        uow.add_case_event(case_id=case.id, kind=kind, actor="kesu", data=data, at=at)
+        text = mask_mobiles(self.renderer.render("staff/delivery_report", {
+            "case": case, "event": kind, "message_kind": item.kind, "reason": outcome.error,
+            "excerpt": excerpt(str(item.payload.get("text", "")))}))
+        targets = self.staff_targets(case)
+        if not targets:
+            log.warning("case %s: %s, and no staff chat to tell", case.number, kind)
+        for channel, target in targets:
+            uow.enqueue(kind=REPORT_KIND, channel=channel, target=target, payload=OutboundMessage(text).as_payload(),
+                        case_id=case.id, at=at)
+        return len(targets)
+
+    def staff_targets(self, case: CaseRecord) -> list[tuple[str, str]]:
+        """(channel, target): the owner's private Telegram chat, else the mall's staff groups or the fallback."""
+        channel, _, user = (case.owner or "").partition(":")
+        if channel == "telegram" and user:
+            return [("telegram", user)]
+        mall = self.notifier.catalog.mall(case.fields.get("mall") or "")
+        groups = mall.staff if mall and mall.staff else self.notifier.fallback
+        return [("telegram", str(chat)) for chat in groups.telegram] + [("wecom", key) for key in groups.wecom]
+
+
+def case_event_for(outcome: Outcome) -> tuple[str, dict[str, Any]] | None:
+    """The case event an outcome of a customer message calls for; None for a plain delivery."""
+    if outcome.state == "sent":
+        if outcome.external_id and outcome.external_id.startswith("tpl:"):
+            return "customer_reached", {"path": "template", "external_id": outcome.external_id}
+        return None
+    if outcome.state == "failed":
+        return "customer_unreachable", {"reason": outcome.error}
+    return "delivery_uncertain", {"reason": outcome.error}
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """The message's first line, cut short: enough for staff to know which message it was."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return first if len(first) <= limit else f"{first[:limit - 1]}…"

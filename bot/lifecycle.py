@@ -102,6 +102,9 @@ DEFAULT_LIMITS: dict[str, Decimal | None] = {
     "operations_vp": None,  # no limit
 }
 MONEY_CODES = frozenset({"refund", "compensation"})
+# A solution is described with the customer's expectation codes (PRODUCT.md).
+SOLUTION_CODES = frozenset({"return", "exchange", "repair", "refund", "compensation", "apology", "inspection",
+                            "deliver", "other"})
 
 
 @dataclass(frozen=True)

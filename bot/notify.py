@@ -39,12 +39,6 @@ class Delivery:
     message: OutboundMessage
 
 
-def staff_action(payload: str) -> tuple[str, str] | None:
-    """("claim", "KS…") from a staff button's payload; None for anything else."""
-    action, _, number = payload.partition(":")
-    return (action, number) if action in (CLAIM, VIEW) and number else None
-
-
 class StaffNotifier:
     def __init__(self, catalog: Catalog, renderer: Renderer, settings: Settings) -> None:
         self.catalog = catalog

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,6 +22,9 @@ from starlette.routing import BaseRoute, Route
 
 from bot.dispatch import Dispatcher, Sender
 from bot.service import IntakeService
+
+if TYPE_CHECKING:
+    from bot.deadlines import DeadlineScanner
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,8 @@ class ChannelAdapter:
     senders: dict[str, Sender] = field(default_factory=dict)  # extra channels it can send to (e.g. wecom)
 
 
-def create_app(service: IntakeService, dispatcher: Dispatcher, adapters: Sequence[ChannelAdapter]) -> Starlette:
+def create_app(service: IntakeService, dispatcher: Dispatcher, adapters: Sequence[ChannelAdapter],
+               scanner: DeadlineScanner | None = None) -> Starlette:
     async def health(_: Request) -> JSONResponse:
         counts = await asyncio.to_thread(service.store.outbox_counts)
         return JSONResponse({"ok": True, "channels": [a.name for a in adapters], "outbox": counts})
@@ -48,13 +52,16 @@ def create_app(service: IntakeService, dispatcher: Dispatcher, adapters: Sequenc
         for adapter in adapters:
             if adapter.start is not None:
                 await adapter.start()
-        task = asyncio.create_task(dispatcher.run(), name="outbox-dispatcher")
+        tasks = [asyncio.create_task(dispatcher.run(), name="outbox-dispatcher")]
+        if scanner is not None:  # deadlines: warnings and escalations (bot/deadlines.py)
+            tasks.append(asyncio.create_task(scanner.run(), name="deadline-scanner"))
         try:
             yield {}
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             for adapter in reversed(adapters):
                 if adapter.stop is not None:
                     await adapter.stop()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from bot.deadlines import DeadlinePolicy
 from bot.notify import StaffNotifier
 from bot.outbound import OutboundMessage
 from bot.staff import StaffService
@@ -71,7 +72,7 @@ class IntakeService:
     def __init__(self, store: Store, catalog: Catalog, renderer: Renderer,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  notifier: StaffNotifier | None = None, on_outbox: Callable[[], None] = lambda: None,
-                 casework: StaffService | None = None) -> None:
+                 casework: StaffService | None = None, deadlines: DeadlinePolicy | None = None) -> None:
         self.store = store
         self.catalog = catalog
         self.renderer = renderer
@@ -79,6 +80,8 @@ class IntakeService:
         self.notifier = notifier
         self.on_outbox = on_outbox  # wakes the dispatcher after a turn that queued messages
         self.casework = casework  # where customers' answers to staff go
+        # The promises a new case starts with: the deployment's (via casework) unless given.
+        self.deadlines = deadlines or (casework.deadlines if casework is not None else DeadlinePolicy())
 
     def state_of(self, channel: str, customer_id: str) -> DialogState:
         record = self.store.load_conversation(channel, customer_id)
@@ -205,6 +208,9 @@ class IntakeService:
         case = uow.open_case(CaseDraft(channel=message.channel, customer_id=message.customer_id,
                                        conversation_id=conversation_id, fields=effect.fields,
                                        transcript=transcript, opened_at=now, unrouted=not routed))
+        # The first-contact and resolution deadlines start with the case, in its transaction.
+        case = uow.update_case(case_id=case.id, expected_status=None, expected_version=case.version,
+                               changes=self.deadlines.opened(now), event=None, at=now) or case
         uow.attach_evidence(channel=message.channel, customer_id=message.customer_id, case_id=case.id)
         if effect.priority_reasons:
             uow.add_case_event(case_id=case.id, kind="graded", actor="kesu",

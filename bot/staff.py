@@ -20,7 +20,17 @@ from decimal import Decimal
 from typing import Any
 
 from bot.config import Settings
-from bot.lifecycle import DEFAULT_LIMITS, Action, ApprovalRule, NotAllowedNow, Status, next_status
+from bot.deadlines import DeadlinePolicy
+from bot.lifecycle import (
+    DEFAULT_LIMITS,
+    MONEY_CODES,
+    SOLUTION_CODES,
+    Action,
+    ApprovalRule,
+    NotAllowedNow,
+    Status,
+    next_status,
+)
 from bot.outbound import OutboundMessage
 from bot.templating import Renderer
 from dialogs.catalog import Catalog
@@ -69,6 +79,7 @@ class StaffService:
         self.clock = clock
         self.on_outbox = on_outbox
         self.approval = ApprovalRule({**DEFAULT_LIMITS, **catalog.approval_limits})
+        self.deadlines = DeadlinePolicy.from_settings(settings)  # what each action does to the case's deadlines
         self.deployment_chats = {chat for chat in (settings.fallback_telegram_chat, settings.escalation_telegram_chat)
                                  if chat is not None}
 
@@ -85,11 +96,13 @@ class StaffService:
         return chat_id in self.deployment_chats or any(m.serves_telegram_chat(chat_id) for m in self.catalog.malls)
 
     def authorized(self, member: StaffMember, case: CaseRecord, *, telegram_chat: int | None) -> bool:
-        entry = self.catalog.staff_member(member.id)
+        """Both must hold: the chat (if any) serves the case's mall, and the directory (if any) lists the member."""
+        if telegram_chat is not None and not self.telegram_chat_serves(telegram_chat, case):
+            return False
         if self.catalog.staff:
+            entry = self.catalog.staff_member(member.id)
             return entry is not None and entry.serves(case.fields.get("mall"))
-        # No directory: the staff group is the directory; the CLI operator (no chat) is trusted.
-        return telegram_chat is None or self.telegram_chat_serves(telegram_chat, case)
+        return True  # no directory: the staff group is the directory; the CLI operator (no chat) is trusted
 
     def role_of(self, member: StaffMember) -> str:
         """The directory decides when there is one; otherwise a stated role, else the lowest."""
@@ -146,6 +159,11 @@ class StaffService:
         if text:
             data["text"] = text
         if action is Action.PROPOSE:
+            unknown = [code for code in codes if code not in SOLUTION_CODES]
+            if unknown:
+                return ActionResult(case, "staff/unknown_code", {"codes": unknown})
+            if MONEY_CODES & set(codes) and (amount is None or amount <= 0):
+                return ActionResult(case, "staff/amount_required", {})
             solution = {"codes": list(codes), "amount": str(amount) if amount is not None else None, "text": text,
                         "proposed_by": member.name, "approved_by": None}
             changes["solution"] = solution
@@ -187,6 +205,7 @@ class StaffService:
             changes["status"] = target.value
         if case.owner is None and action is not Action.NOTE and action is not Action.REASSIGN:
             changes |= {"owner": member.id, "owner_name": member.name}  # whoever acts first owns it
+        changes |= self.deadlines.after_action(case, action, changes.get("status", case.status), now)
         updated = uow.update_case(case_id=case.id, expected_status=case.status, expected_version=case.version,
                                   changes=changes, event=(action.value, member.id, data), at=now)
         if updated is None:
@@ -244,6 +263,7 @@ class StaffService:
                 event, changes["status"], changes["closed_at"] = "satisfied", Status.CLOSED.value, now
             else:
                 event, changes["status"] = "dissatisfied", Status.REOPENED.value
+                changes |= self.deadlines.reopened(now)
         updated = uow.update_case(case_id=case.id, expected_status=None, changes=changes,
                                   event=(event, "customer", data), at=now)
         if updated is not None and updated.owner:

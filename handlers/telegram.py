@@ -42,6 +42,7 @@ from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -70,7 +71,7 @@ from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
 from bot.config import Settings
-from bot.dispatch import RetryLater, Throttled, Undeliverable
+from bot.dispatch import MaybeDelivered, RetryLater, Throttled, Undeliverable
 from bot.lifecycle import MONEY_CODES, Action, Status
 from bot.notify import CLAIM, VIEW, mask_mobiles
 from bot.outbound import Button, OutboundMessage
@@ -319,8 +320,10 @@ class TelegramSender:
     piece), or ``edit_message_text`` when the item carries ``extra["edit_of"]``.
 
     Failures are reported in the dispatcher's terms: 429 still there after the limiter's own
-    retries, network errors, timeouts and server errors → ``RetryLater``; a blocked bot, an unknown
-    chat or a request Telegram rejects → ``Undeliverable``.
+    retries, failing to connect and server errors → ``RetryLater``; a blocked bot, an unknown
+    chat or a request Telegram rejects → ``Undeliverable``; a request that got no answer (read
+    timeout, connection dropped) or a long text cut off after its first pieces → ``MaybeDelivered``
+    (Telegram may have it: a customer's message is then not sent again).
     """
 
     def __init__(self, bot: ExtBot[int], *, group_per_minute: int = GROUP_PER_MINUTE) -> None:
@@ -367,7 +370,13 @@ class TelegramSender:
         sent: Message | None = None
         for index, piece in enumerate(pieces):
             last = index == len(pieces) - 1
-            sent = await self.bot.send_message(chat_id, piece, reply_markup=markup if last else None)
+            try:
+                sent = await self.bot.send_message(chat_id, piece, reply_markup=markup if last else None)
+            except TelegramError as error:
+                if index == 0:
+                    raise
+                raise MaybeDelivered(f"{index} of {len(pieces)} pieces delivered, then: "
+                                     f"{_dispatch_error(error)}") from error
         assert sent is not None
         return str(sent.message_id)
 
@@ -387,6 +396,8 @@ class TelegramSender:
 
 
 def _dispatch_error(error: TelegramError) -> Exception:
+    if _may_have_arrived(error):
+        return MaybeDelivered(f"no answer from Telegram after sending: {error} ({type(error.__cause__).__name__})")
     if isinstance(error, RetryAfter):
         return RetryLater(f"Telegram 429: {error}", after=retry_after_seconds(error))
     if isinstance(error, Forbidden):
@@ -398,6 +409,16 @@ def _dispatch_error(error: TelegramError) -> Exception:
     if isinstance(error, NetworkError):
         return RetryLater(f"Telegram unreachable: {error}")  # includes TimedOut and 5xx answers
     return RetryLater(f"Telegram error: {error}")
+
+
+def _may_have_arrived(error: TelegramError) -> bool:
+    """The request went out whole and its answer was lost: Telegram may have delivered the message.
+
+    PTB wraps httpx's error (``TimedOut``/``NetworkError`` from it). Failing to connect, waiting for
+    a pooled connection or not finishing the request's upload mean nothing was sent.
+    """
+    return isinstance(error, NetworkError) and isinstance(
+        error.__cause__, httpx.ReadTimeout | httpx.ReadError | httpx.RemoteProtocolError)
 
 
 # --------------------------------------------------------------------------- incoming updates

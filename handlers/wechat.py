@@ -27,7 +27,10 @@ customer-service text message; when WeChat refuses because the 48-hour window ha
 (45015, or 45047: too many messages without an answer) it falls back to the deployer's
 template message (``KESU_WECHAT_TEMPLATE_ID``). The outbox item's final state records whether
 the customer was reached, its ``external_id`` how: ``kf:…`` (customer-service message) or
-``tpl:<msgid>`` (template message).
+``tpl:<msgid>`` (template message); the dispatcher also puts a template delivery or a failure on
+the case timeline and in front of staff. A request that went out but got no answer (read timeout,
+connection dropped), or a long text whose first pieces went out before a later one failed, raises
+``MaybeDelivered``: the customer may have it, so it is never sent again (``bot/dispatch.py``).
 
 wechatpy is synchronous (``requests``): every call that touches the network runs in a worker
 thread (``asyncio.to_thread``). The access token lives in one ``OfficialAccountClient`` per
@@ -48,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import requests
+import urllib3.exceptions
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -59,7 +63,7 @@ from wechatpy.exceptions import InvalidSignatureException, WeChatClientException
 from wechatpy.utils import check_signature
 
 from bot.config import Settings
-from bot.dispatch import RetryLater, Undeliverable
+from bot.dispatch import MaybeDelivered, RetryLater, Undeliverable
 from bot.outbound import OutboundMessage
 from bot.server import ChannelAdapter
 from bot.service import Attachment, InboundMessage, IntakeService, TurnOutcome
@@ -231,16 +235,17 @@ class WeChatSender:
 
     def send_blocking(self, target: str, message: OutboundMessage) -> str:
         text = with_options(message, self.renderer)
+        pieces = split_text(text)
         results: list[dict[str, Any]] = []
         try:
-            for piece in split_text(text):
+            for piece in pieces:
                 results.append(self._call(self.client.message.send_text, target, piece))
         except WeChatClientException as problem:
             if problem.errcode in WINDOW_CLOSED and not results:
                 return self._send_template(target, text, problem)
-            raise _classify(problem) from problem
+            raise _after_pieces(_classify(problem), len(results), len(pieces)) from problem
         except requests.RequestException as problem:
-            raise RetryLater(f"network: {problem}") from problem
+            raise _after_pieces(_network(problem), len(results), len(pieces)) from problem
         msgid = results[-1].get("msgid") if results else None
         return f"kf:{msgid or 'ok'}"
 
@@ -253,9 +258,12 @@ class WeChatSender:
                                 template_data(text, self.renderer))
         except WeChatClientException as problem:
             outcome = _classify(problem)
+            if isinstance(outcome, RetryLater):
+                raise RetryLater(f"{window}; template message: {outcome}", outcome.after) from problem
             raise type(outcome)(f"{window}; template message: {outcome}") from problem
         except requests.RequestException as problem:
-            raise RetryLater(f"{window}; template message: network: {problem}") from problem
+            network = _network(problem)
+            raise type(network)(f"{window}; template message: {network}") from problem
         return f"tpl:{result.get('msgid') or 'ok'}"
 
     def _call(self, method: Callable[..., T], *args: Any) -> T:
@@ -308,6 +316,36 @@ def _classify(problem: WeChatClientException) -> RetryLater | Undeliverable:
     if code in TRANSIENT or code in TOKEN_REJECTED:
         return RetryLater(detail, QUOTA_RETRY_AFTER.get(code))
     return Undeliverable(detail)
+
+
+def _network(problem: requests.RequestException) -> RetryLater | MaybeDelivered:
+    """No answer from WeChat: retry if nothing went out, else the message may have arrived."""
+    if _may_have_arrived(problem):
+        return MaybeDelivered(f"no answer from WeChat after sending ({type(problem).__name__}: {problem})")
+    return RetryLater(f"network: {problem}")
+
+
+def _may_have_arrived(problem: requests.RequestException) -> bool:
+    """A POST that went out whole and got no answer (read timeout, connection dropped): WeChat may have it.
+
+    A refused connection, a DNS failure or a connect timeout mean nothing was sent; so does a
+    failed token fetch (GET), which carries no message.
+    """
+    if problem.response is not None or getattr(problem.request, "method", None) != "POST":
+        return False
+    if isinstance(problem, requests.ConnectTimeout | requests.exceptions.SSLError | requests.exceptions.ProxyError):
+        return False
+    if isinstance(problem, requests.ConnectionError):
+        reason = getattr(problem.args[0], "reason", None) if problem.args else None
+        return not isinstance(reason, urllib3.exceptions.ConnectTimeoutError)  # includes NewConnectionError
+    return isinstance(problem, requests.Timeout | requests.exceptions.ChunkedEncodingError)
+
+
+def _after_pieces(outcome: Exception, delivered: int, pieces: int) -> Exception:
+    """Once the first pieces of a text are on the customer's phone, it can never be sent whole again."""
+    if not delivered:
+        return outcome
+    return MaybeDelivered(f"{delivered} of {pieces} pieces delivered, then: {outcome}")
 
 
 # --------------------------------------------------------------------------- inbound

@@ -68,8 +68,17 @@ WHERE contains the same expression: PostgreSQL cannot prove it from ``$1`` place
 plan) and SQLite matches terms literally. Queries on those indexes use this text as it is.
 """
 
-OUTBOX_STATES: tuple[str, ...] = ("pending", "sending", "sent", "failed")
-"""An outbox item's life: pending → sending (leased by a dispatcher) → sent, or back to pending, or failed."""
+OUTBOX_STATES: tuple[str, ...] = ("pending", "sending", "attempting", "sent", "failed", "uncertain")
+"""An outbox item's life (``bot/dispatch.py`` tells the whole story):
+
+pending → sending (claimed by a dispatcher under a lease) → attempting (committed just before the platform
+call) → sent; or back to pending (retry later, or handed back untried), or failed for good. "uncertain" is
+final too: the platform call of a customer message was interrupted (a crash, a timeout, a partial send), so
+it may or may not have arrived, and it is not sent again: a person checks with the customer.
+"""
+
+OUTBOX_ACTIVE_STATES: tuple[str, ...] = ("sending", "attempting")
+"""States held under a dispatcher's lease; the others are waiting (pending) or final."""
 
 EVIDENCE_KINDS: tuple[str, ...] = ("photo", "document", "voice", "video", "other")
 """What a customer can send besides text; adapters map anything else to "other"."""
@@ -227,7 +236,8 @@ class Outbox(SQLModel, table=True):
     """Every message Kesu must push, written in the transaction of the change that caused it.
 
     A crash can then never lose a notification nor send one for a change that rolled back;
-    a dispatcher delivers the rows afterwards (``Store.claim_due``), at least once.
+    a dispatcher delivers the rows afterwards (``Store.claim_due``): staff messages at least once,
+    customer messages at most once (see ``bot/dispatch.py``).
     """
 
     __tablename__ = "outbox"
@@ -249,6 +259,7 @@ class Outbox(SQLModel, table=True):
         nullable=True,
     )
     state: str = Field(default="pending", sa_type=String(16), nullable=False)  # OUTBOX_STATES
+    # Claims so far; also the claim's fencing token (see Store.claim_due).
     attempts: int = Field(default=0, sa_type=Integer, nullable=False)
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)

@@ -26,6 +26,7 @@ from sqlalchemy import (
     RowMapping,
     and_,
     bindparam,
+    case,
     func,
     insert,
     or_,
@@ -43,6 +44,7 @@ from storage.models import (
     CASE_MILESTONES,
     EVIDENCE_KINDS,
     NATURES,
+    OUTBOX_ACTIVE_STATES,
     OUTBOX_STATES,
     PRIORITIES,
     PUBLIC_FIELDS,
@@ -196,7 +198,11 @@ class CaseRecord:
 
 @dataclass(frozen=True)
 class OutboxItem:
-    """A message to push; ``state`` is one of OUTBOX_STATES and ``attempts`` counts claims so far."""
+    """A message to push; ``state`` is one of OUTBOX_STATES and ``attempts`` counts claims so far.
+
+    A claimed item's ``attempts`` is also its claim's fencing token: pass it back as ``attempt`` to
+    the outbox transitions, and a dispatcher whose lease lapsed (the item claimed again since) changes nothing.
+    """
 
     id: int
     kind: str
@@ -504,20 +510,26 @@ class _Statements:
     insert_evidence: Executable
     attach_evidence: Executable
     claim_due: Executable
+    mark_attempting: Executable
     mark_sent: Executable
     mark_retry: Executable
     mark_failed: Executable
+    mark_uncertain: Executable
     defer: Executable
 
 
 def _claim_due(dialect_name: str) -> Executable:
-    """Lease the oldest due items in one statement: pending and due, or "sending" with a lapsed lease.
+    """Lease the oldest due items in one statement: pending and due, or held under a lapsed lease.
 
-    A lapsed lease means the dispatcher that took the item died mid-send, so the item goes out
-    again (delivery is at least once). PostgreSQL: ``FOR UPDATE SKIP LOCKED`` in a MATERIALIZED
-    CTE (evaluated once, so the LIMIT holds) lets several dispatchers take disjoint batches without
-    waiting on each other; a row another one claimed and committed meanwhile is re-checked against
-    the WHERE and dropped. SQLite: the caller's BEGIN IMMEDIATE already makes this the only writer.
+    A lapsed lease means the dispatcher that held the item died (or stalled). "sending" items were
+    never handed to the platform: they are claimed as "sending" again, safe to send. "attempting"
+    items were being handed over: they stay "attempting", so the caller sees the send was
+    interrupted and decides (``bot/dispatch.py``: staff messages again, customer messages never).
+    Every claim counts one more attempt, which makes ``attempts`` the claim's fencing token.
+    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` in a MATERIALIZED CTE (evaluated once, so the LIMIT
+    holds) lets several dispatchers take disjoint batches without waiting on each other; a row
+    another one claimed and committed meanwhile is re-checked against the WHERE and dropped.
+    SQLite: the caller's BEGIN IMMEDIATE already makes this the only writer.
     """
     o = outbox.c
     now = bindparam("now", type_=o.next_attempt_at.type)
@@ -526,14 +538,14 @@ def _claim_due(dialect_name: str) -> Executable:
         .where(
             or_(
                 and_(o.state == "pending", o.next_attempt_at <= now),
-                and_(o.state == "sending", o.lease_until < now),
+                *(and_(o.state == state, o.lease_until < now) for state in OUTBOX_ACTIVE_STATES),
             )
         )
         .order_by(o.next_attempt_at, o.id)
         .limit(bindparam("limit", type_=Integer()))
     )
     claim = update(outbox).values(
-        state="sending",
+        state=case((o.state == "attempting", "attempting"), else_="sending"),
         attempts=o.attempts + 1,
         lease_until=bindparam("lease_until", type_=o.lease_until.type),
         updated_at=bindparam("now", type_=o.updated_at.type),
@@ -688,45 +700,80 @@ def _statements(dialect_name: str) -> _Statements:
         )
         .values(case_id=bindparam("case_id", type_=e.case_id.type)),
         claim_due=_claim_due(dialect_name),
-        mark_sent=update(outbox)
-        .where(o.id == bindparam("w_id"))
+        **_outbox_transitions(dialect_name),
+    )
+
+
+def _outbox_transitions(dialect_name: str) -> dict[str, Executable]:
+    """The UPDATEs that move a claimed outbox item on (see ``UnitOfWork.mark_attempting`` and the rest).
+
+    All but ``mark_sent`` are fenced: they apply only while the item is still held by the caller's
+    claim (``attempts = :w_attempt`` in an active state). A dispatcher whose lease lapsed and whose
+    item was claimed again since can therefore neither send it a second time nor undo what the new
+    holder records. ``mark_sent`` is not fenced: the platform took the message, and that is the
+    truth whatever another dispatcher recorded meanwhile; only a first "sent" is kept.
+    """
+    o = outbox.c
+    at = bindparam("at", type_=o.updated_at.type)
+
+    def held(*states: str) -> Any:
+        return and_(o.id == bindparam("w_id"), o.state.in_(states), o.attempts == bindparam("w_attempt"))
+
+    return {
+        "mark_attempting": update(outbox)
+        .where(held(*OUTBOX_ACTIVE_STATES))
+        .values(
+            state="attempting",
+            lease_until=bindparam("lease_until", type_=o.lease_until.type),
+            updated_at=at,
+        ),
+        "mark_sent": update(outbox)
+        .where(o.id == bindparam("w_id"), o.state != "sent")
         .values(
             state="sent",
             external_id=bindparam("external_id", type_=o.external_id.type),
             lease_until=None,
             sent_at=bindparam("at", type_=o.sent_at.type),
-            updated_at=bindparam("at", type_=o.updated_at.type),
+            updated_at=at,
         ),
-        # Only a "sending" item goes back or fails: a dispatcher whose lease lapsed must not undo
-        # the delivery another dispatcher has since recorded.
-        mark_retry=update(outbox)
-        .where(o.id == bindparam("w_id"), o.state == "sending")
+        "mark_retry": update(outbox)
+        .where(held(*OUTBOX_ACTIVE_STATES))
         .values(
             state="pending",
             last_error=bindparam("last_error", type_=o.last_error.type),
             next_attempt_at=bindparam("next_attempt_at", type_=o.next_attempt_at.type),
             lease_until=None,
-            updated_at=bindparam("at", type_=o.updated_at.type),
+            updated_at=at,
         ),
-        mark_failed=update(outbox)
-        .where(o.id == bindparam("w_id"), o.state == "sending")
+        "mark_failed": update(outbox)
+        .where(held(*OUTBOX_ACTIVE_STATES))
         .values(
             state="failed",
             last_error=bindparam("last_error", type_=o.last_error.type),
             lease_until=None,
-            updated_at=bindparam("at", type_=o.updated_at.type),
+            updated_at=at,
+        ),
+        "mark_uncertain": update(outbox)
+        .where(held("attempting"))
+        .values(
+            state="uncertain",
+            last_error=bindparam("last_error", type_=o.last_error.type),
+            lease_until=None,
+            updated_at=at,
         ),
         # Handed back untried (the sender's own rate limit): the claim's attempt is given back.
-        defer=update(outbox)
-        .where(o.id == bindparam("w_id"), o.state == "sending")
+        # Only the holder's last step, so the fencing token cannot repeat while a stale holder
+        # still acts: every later claim counts up again from here.
+        "defer": update(outbox)
+        .where(held(*OUTBOX_ACTIVE_STATES))
         .values(
             state="pending",
             attempts=func.max(o.attempts - 1, 0) if dialect_name == "sqlite" else func.greatest(o.attempts - 1, 0),
             next_attempt_at=bindparam("next_attempt_at", type_=o.next_attempt_at.type),
             lease_until=None,
-            updated_at=bindparam("at", type_=o.updated_at.type),
+            updated_at=at,
         ),
-    )
+    }
 
 
 # --------------------------------------------------------------------------- unit of work
@@ -1094,6 +1141,61 @@ class UnitOfWork(Reader):
         item_id: int = self._conn.execute(self._sql.insert_outbox, params).scalar_one()
         return item_id
 
+    # A dispatcher's steps for one claimed item (``Store.claim_due``). Each returns whether it applied.
+    # All but ``mark_sent`` apply only while the item is still held by the claim whose ``attempts``
+    # is passed as ``attempt``: the fencing token that keeps a dispatcher whose lease lapsed out.
+
+    def mark_attempting(self, item_id: int, *, attempt: int, lease_until: datetime, at: datetime) -> bool:
+        """The item is about to be handed to the platform: commit this before the call.
+
+        False means the claim is no longer ours (its lease lapsed and someone claimed it since):
+        do not send. ``lease_until`` is renewed to cover the platform call. After a crash an item
+        found "attempting" may or may not have reached the platform.
+        """
+        params = {"w_id": item_id, "w_attempt": attempt, "lease_until": as_utc(lease_until), "at": as_utc(at)}
+        return self._conn.execute(self._sql.mark_attempting, params).rowcount == 1
+
+    def mark_sent(self, item_id: int, *, external_id: str | None, at: datetime) -> bool:
+        """Delivered; ``external_id`` is the platform's message id, kept to edit the message later.
+
+        Not fenced: the platform took it, whatever was recorded meanwhile. A first "sent" is kept.
+        """
+        params = {"w_id": item_id, "external_id": external_id, "at": as_utc(at)}
+        return self._conn.execute(self._sql.mark_sent, params).rowcount == 1
+
+    def mark_retry(self, item_id: int, *, attempt: int, error: str, next_attempt_at: datetime, at: datetime) -> bool:
+        """A transient failure: back to pending until ``next_attempt_at``."""
+        params = {
+            "w_id": item_id,
+            "w_attempt": attempt,
+            "last_error": error,
+            "next_attempt_at": as_utc(next_attempt_at),
+            "at": as_utc(at),
+        }
+        return self._conn.execute(self._sql.mark_retry, params).rowcount == 1
+
+    def mark_failed(self, item_id: int, *, attempt: int, error: str, at: datetime) -> bool:
+        """A permanent failure (blocked bot, bad target): never retried."""
+        params = {"w_id": item_id, "w_attempt": attempt, "last_error": error, "at": as_utc(at)}
+        return self._conn.execute(self._sql.mark_failed, params).rowcount == 1
+
+    def mark_uncertain(self, item_id: int, *, attempt: int, error: str, at: datetime) -> bool:
+        """An "attempting" item that may or may not have reached the platform, and is never sent again.
+
+        Final, like "failed": a person checks with the recipient. ``error`` says why it is uncertain.
+        """
+        params = {"w_id": item_id, "w_attempt": attempt, "last_error": error, "at": as_utc(at)}
+        return self._conn.execute(self._sql.mark_uncertain, params).rowcount == 1
+
+    def defer(self, item_id: int, *, attempt: int, next_attempt_at: datetime, at: datetime) -> bool:
+        """Hand a claimed item back untried (the sender's own rate limit was full): pending again
+        until ``next_attempt_at``, and the attempt its claim counted is given back, so waiting for a
+        slot never brings an item nearer to failing. ``last_error`` is kept.
+        """
+        params = {"w_id": item_id, "w_attempt": attempt, "next_attempt_at": as_utc(next_attempt_at),
+                  "at": as_utc(at)}
+        return self._conn.execute(self._sql.defer, params).rowcount == 1
+
     def add_evidence(
         self,
         *,
@@ -1251,9 +1353,13 @@ class Store:
     ) -> list[OutboxItem]:
         """Take up to ``limit`` due items (oldest first) for ``lease``; no two callers get the same item.
 
-        Due means pending with ``next_attempt_at <= now``, or "sending" with a lapsed lease (its
-        dispatcher died). Each taken item counts one more attempt. Finish every item with
-        ``mark_sent``, ``mark_retry`` or ``mark_failed`` before the lease runs out, or it is sent again.
+        Due means pending with ``next_attempt_at <= now``, or "sending"/"attempting" with a lapsed
+        lease (its dispatcher died or stalled). A lapsed "sending" item was never handed to the
+        platform and comes back "sending"; a lapsed "attempting" one comes back "attempting": its
+        send was interrupted and may or may not have arrived, the caller decides. Each taken item
+        counts one more attempt, and that ``attempts`` is the claim's fencing token for the steps
+        that follow (``mark_attempting``, then ``mark_sent``, ``mark_retry``, ``mark_failed``,
+        ``mark_uncertain`` or ``defer``). An item left unfinished when the lease runs out is due again.
         """
         if lease <= timedelta(0):
             raise ValueError(f"lease must be positive, got {lease!r}")
@@ -1266,37 +1372,38 @@ class Store:
         # RETURNING order is unspecified (PostgreSQL returns join order): restore the claim order.
         return sorted((_outbox_item(row) for row in rows), key=lambda item: (item.next_attempt_at, item.id))
 
-    def mark_sent(self, item_id: int, *, external_id: str | None, at: datetime) -> None:
-        """Delivered; ``external_id`` is the platform's message id, kept to edit the message later."""
-        params = {"w_id": item_id, "external_id": external_id, "at": as_utc(at)}
-        with self._writing() as connection:
-            connection.execute(self._sql.mark_sent, params)
+    # One short write transaction each; a dispatcher that records more with the outcome (a case
+    # event, a staff message) calls the same steps on a ``unit_of_work()`` instead.
 
-    def mark_retry(self, item_id: int, *, error: str, next_attempt_at: datetime, at: datetime) -> None:
-        """A transient failure: back to pending until ``next_attempt_at``. No-op unless the item is "sending"."""
-        params = {
-            "w_id": item_id,
-            "last_error": error,
-            "next_attempt_at": as_utc(next_attempt_at),
-            "at": as_utc(at),
-        }
-        with self._writing() as connection:
-            connection.execute(self._sql.mark_retry, params)
+    def mark_attempting(self, item_id: int, *, attempt: int, lease_until: datetime, at: datetime) -> bool:
+        """See ``UnitOfWork.mark_attempting``: commit this before the platform call; False: do not send."""
+        with self.unit_of_work() as uow:
+            return uow.mark_attempting(item_id, attempt=attempt, lease_until=lease_until, at=at)
 
-    def mark_failed(self, item_id: int, *, error: str, at: datetime) -> None:
-        """A permanent failure (blocked bot, bad target): never retried. No-op unless the item is "sending"."""
-        params = {"w_id": item_id, "last_error": error, "at": as_utc(at)}
-        with self._writing() as connection:
-            connection.execute(self._sql.mark_failed, params)
+    def mark_sent(self, item_id: int, *, external_id: str | None, at: datetime) -> bool:
+        """See ``UnitOfWork.mark_sent``."""
+        with self.unit_of_work() as uow:
+            return uow.mark_sent(item_id, external_id=external_id, at=at)
 
-    def defer(self, item_id: int, *, next_attempt_at: datetime, at: datetime) -> None:
-        """Hand a claimed item back untried (the sender's own rate limit was full): pending again
-        until ``next_attempt_at``, and the attempt its claim counted is given back, so waiting for a
-        slot never brings an item nearer to failing. ``last_error`` is kept. No-op unless "sending".
-        """
-        params = {"w_id": item_id, "next_attempt_at": as_utc(next_attempt_at), "at": as_utc(at)}
-        with self._writing() as connection:
-            connection.execute(self._sql.defer, params)
+    def mark_retry(self, item_id: int, *, attempt: int, error: str, next_attempt_at: datetime, at: datetime) -> bool:
+        """See ``UnitOfWork.mark_retry``."""
+        with self.unit_of_work() as uow:
+            return uow.mark_retry(item_id, attempt=attempt, error=error, next_attempt_at=next_attempt_at, at=at)
+
+    def mark_failed(self, item_id: int, *, attempt: int, error: str, at: datetime) -> bool:
+        """See ``UnitOfWork.mark_failed``."""
+        with self.unit_of_work() as uow:
+            return uow.mark_failed(item_id, attempt=attempt, error=error, at=at)
+
+    def mark_uncertain(self, item_id: int, *, attempt: int, error: str, at: datetime) -> bool:
+        """See ``UnitOfWork.mark_uncertain``."""
+        with self.unit_of_work() as uow:
+            return uow.mark_uncertain(item_id, attempt=attempt, error=error, at=at)
+
+    def defer(self, item_id: int, *, attempt: int, next_attempt_at: datetime, at: datetime) -> bool:
+        """See ``UnitOfWork.defer``."""
+        with self.unit_of_work() as uow:
+            return uow.defer(item_id, attempt=attempt, next_attempt_at=next_attempt_at, at=at)
 
     def close(self) -> None:
         """Release pooled connections."""

@@ -11,7 +11,10 @@ wechatpy talks ``requests`` (synchronous, real sockets), so the fake is a thread
 - 40001 for an access token it did not issue (or a superseded one).
 
 Tests script refusals: ``kf_errcode = 45015`` (the 48-hour window has closed) makes every
-customer-service send fail that way; ``template_errcode`` likewise for template messages.
+customer-service send fail that way; ``template_errcode`` likewise for template messages;
+``kf_script`` lists the answers to the next customer-service sends one by one (0 accepts).
+``answer_delay`` holds every message send that long before answering (the message is taken
+first), so a client with a shorter timeout never hears that WeChat took it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,7 +63,9 @@ class FakeWeChatAPI:
         self.secret = secret
         self.calls: list[ApiCall] = []
         self.kf_errcode = 0
+        self.kf_script: list[int] = []
         self.template_errcode = 0
+        self.answer_delay = 0.0
         self.base_url = ""
         self._token: str | None = None
         self._issued = 0
@@ -98,12 +104,15 @@ class FakeWeChatAPI:
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw.decode("utf-8")) if raw else {}
                 answer = fake._handle(method, parts.path.removeprefix(PREFIX), query, body)
+                if fake.answer_delay and parts.path.startswith(f"{PREFIX}message/"):
+                    time.sleep(fake.answer_delay)
                 data = json.dumps(answer, ensure_ascii=False).encode("utf-8")
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up waiting
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json; charset=utf-8")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -138,8 +147,9 @@ class FakeWeChatAPI:
         if self._token is None or query.get("access_token") != self._token:
             return _error(40001)
         if endpoint == "message/custom/send" and method == "POST":
-            if self.kf_errcode:
-                return _error(self.kf_errcode)
+            scripted = self.kf_script.pop(0) if self.kf_script else self.kf_errcode
+            if scripted:
+                return _error(scripted)
             return {"errcode": 0, "errmsg": "ok"}
         if endpoint == "message/template/send" and method == "POST":
             if self.template_errcode:

@@ -230,3 +230,19 @@ def test_a_customer_cannot_answer_for_another_customers_case(intake: IntakeServi
         assert staff.customer_reply(uow, case.number, "question", "冒充的回答", channel="console",
                                     customer_id="c-2", score=None, agrees=None, now=NOW) is None
     assert "customer_answer" not in events(store, case)
+
+
+def test_a_refund_needs_an_amount_and_codes_must_be_known(intake: IntakeService, staff: StaffService) -> None:
+    case = open_case(intake)
+    staff.claim(case.number, SPECIALIST, telegram_chat=None)
+    no_amount = staff.act(case.number, Action.PROPOSE, SPECIALIST, text="全额退款", codes=("refund",))
+    assert no_amount.refusal == "staff/amount_required"
+    unknown = staff.act(case.number, Action.PROPOSE, SPECIALIST, text="给现金", codes=("cash",))
+    assert unknown.refusal == "staff/unknown_code" and unknown.detail == {"codes": ["cash"]}
+
+
+def test_a_listed_member_cannot_act_from_a_chat_that_does_not_serve_the_mall(intake: IntakeService,
+                                                                             staff: StaffService) -> None:
+    case = open_case(intake)
+    result = staff.act(case.number, Action.NOTE, SPECIALIST, telegram_chat=-1009999999999, text="x")
+    assert result.refusal == "staff/not_allowed"

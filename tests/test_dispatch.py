@@ -1,26 +1,55 @@
-"""The outbox dispatcher delivering WeCom robot notifications, on SQLite and PostgreSQL.
+"""The outbox dispatcher, on SQLite and PostgreSQL: WeCom robot notifications (retries, rate limits,
+leases), then crash safety: a dispatcher killed between its steps, and restarted, sends nothing twice
+to a customer and loses nothing (what may have arrived is "uncertain", on the case and told to staff),
+while staff messages arrive at least once; and what staff learn about customers reached or not.
 
-Nothing sleeps: the dispatcher and the robot sender share an injected clock that the tests move,
-and each ``run_once`` is one pass. The robot is ``FakeRobot`` behind httpx's ASGI transport.
+Nothing sleeps: the dispatcher and the senders share an injected clock that the tests move, and
+each ``run_once`` is one pass. The robot is ``FakeRobot`` behind httpx's ASGI transport; the crash
+tests use ``FakePlatform``, a sender for every channel that records what it accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+from fake_wechat import FakeWeChatAPI
 from fake_wecom import FakeRobot, ManualClock
+from telegram.error import BadRequest, NetworkError, TelegramError, TimedOut
 
 import bot.dispatch
-from bot.dispatch import MAX_ATTEMPTS, MAX_BACKOFF, Dispatcher, RetryLater, Throttled, Undeliverable
+from bot.config import Settings
+from bot.dispatch import (
+    ATTEMPT_LEASE,
+    MAX_ATTEMPTS,
+    MAX_BACKOFF,
+    CaseDeliveryReports,
+    Dispatcher,
+    MaybeDelivered,
+    RetryLater,
+    Sender,
+    Throttled,
+    Undeliverable,
+)
+from bot.lifecycle import Action
+from bot.notify import StaffNotifier
 from bot.outbound import OutboundMessage
+from bot.staff import StaffMember, StaffService
+from bot.templating import Renderer
+from dialogs.catalog import Catalog, StaffGroups, load_catalog
+from dialogs.fields import FIELD_KEYS
+from handlers.telegram import TelegramSender
+from handlers.wechat import OfficialAccountClient, WeChatSender
+from handlers.wechat import split_text as wechat_split
 from handlers.wecom import RATE_LIMITED_PAUSE, WeComRobotSender
-from storage.repository import OutboxItem, Store
+from storage.repository import CaseDraft, CaseEventRecord, CaseRecord, OutboxItem, Store
 
 T = TypeVar("T")
 T0 = datetime(2026, 11, 22, 6, 30, tzinfo=UTC)
@@ -294,7 +323,7 @@ def test_a_sender_bug_is_retried_not_left_sending(store: Store, clock: ManualClo
 # --------------------------------------------------------------------------- restarts and several dispatchers
 
 
-def test_items_left_sending_by_a_dead_dispatcher_are_delivered_after_the_lease(
+def test_staff_notifications_left_by_a_dead_dispatcher_are_delivered_after_the_lease(
         store: Store, robot: FakeRobot, dispatcher: Dispatcher, clock: ManualClock) -> None:
     ids = enqueue(store, 3)
 
@@ -320,11 +349,11 @@ def test_items_left_sending_by_a_dead_dispatcher_are_delivered_after_the_lease(
             await task
 
     run(crash())
-    assert counts(store) == {"sending": 3}
+    assert counts(store) == {"attempting": 3}  # handed to the platform: maybe posted, maybe not
 
-    clock.advance(30)  # the restarted process: the dead one's lease still holds
+    clock.advance(ATTEMPT_LEASE.total_seconds())  # the restarted process: the dead one's lease still holds
     assert run(dispatcher.run_once()) == 0
-    clock.advance(31)  # lease lapsed
+    clock.advance(1)  # lease lapsed: staff notifications are posted again (at least once)
     assert run(dispatcher.run_once()) == 3
     assert counts(store) == {"sent": 3}
     assert len(robot.posts) == 3
@@ -407,3 +436,534 @@ def test_throttled_is_a_retry_later_with_a_wait() -> None:
     throttled = Throttled("window full", 12.5)
     assert isinstance(throttled, RetryLater) and throttled.after == 12.5
     assert not issubclass(Undeliverable, RetryLater)
+
+
+# =========================================================================== crash safety: at most once to customers
+#
+# The dispatcher is killed between its steps: a ``Crash`` (a BaseException, so no handler of the dispatcher's
+# sees it) raised from a wrapped store method, from the platform right after it accepted a message, or right
+# after the outcome was committed. Then a fresh Dispatcher, on a fresh Store (another process), runs with the
+# clock past the lease. Messages to customers must have reached the platform at most once, and each one not
+# known to be delivered must be "uncertain" and on its case; staff messages must have arrived at least once.
+
+OPENID = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M"
+TELEGRAM_CUSTOMER = "5550001"
+OWNER = "telegram:101"
+OWNER_CHAT = "101"
+MALL_GROUP = "-1001234567890"
+MALL_ROBOT = "robot-key-zhenbei-0001"
+CRASH_POINTS = ("after_claim", "after_attempting", "after_send", "after_record")
+
+
+class Crash(BaseException):
+    """The process dies here: nothing after this point runs."""
+
+
+class FakePlatform:
+    """Every channel's platform in one: keeps each message it accepted; can die right after accepting one."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str, str]] = []  # (channel, target, text)
+        self.crash_after_accepting = False
+        self.answer: Callable[[str, str], str | None] = lambda channel, n: f"{channel}:{n}"
+
+    def senders(self) -> dict[str, PlatformSender]:
+        return {channel: PlatformSender(self, channel) for channel in ("telegram", "wechat", "wecom")}
+
+    def count(self, channel: str, target: str, text: str) -> int:
+        return self.received.count((channel, target, text))
+
+    def texts_to(self, channel: str, target: str) -> list[str]:
+        return [text for c, t, text in self.received if (c, t) == (channel, target)]
+
+
+class PlatformSender:
+    def __init__(self, platform: FakePlatform, channel: str) -> None:
+        self.platform = platform
+        self.channel = channel
+
+    async def send(self, target: str, message: OutboundMessage) -> str | None:
+        self.platform.received.append((self.channel, target, message.text))
+        if self.platform.crash_after_accepting:
+            raise Crash("the platform took the message; the process dies before recording it")
+        return self.platform.answer(self.channel, str(len(self.platform.received)))
+
+
+def zhenbei_catalog() -> Catalog:
+    demo = load_catalog()
+    staffed = StaffGroups(telegram=(int(MALL_GROUP),), wecom=(MALL_ROBOT,))
+    return demo.model_copy(update={"malls": tuple(
+        mall.model_copy(update={"staff": staffed}) if mall.id == "sh-zhenbei" else mall for mall in demo.malls)})
+
+
+def reports() -> CaseDeliveryReports:
+    renderer = Renderer()
+    return CaseDeliveryReports(renderer, StaffNotifier(zhenbei_catalog(), renderer,
+                                                       Settings(_env_file=None)))  # type: ignore[call-arg]
+
+
+def open_case(store: Store, *, owner: str | None = OWNER, channel: str = "wechat",
+              customer: str = OPENID) -> CaseRecord:
+    with store.unit_of_work() as uow:
+        case = uow.open_case(CaseDraft(channel=channel, customer_id=customer, conversation_id=1,
+                                       fields={"mall": "sh-zhenbei", "name": "王丽", "phone": "13812345678"},
+                                       transcript=[], opened_at=T0))
+        if owner is not None:
+            _, case = uow.claim_case(case_id=case.id, owner=owner, owner_name="李专员", at=T0)
+        return case
+
+
+def queue(store: Store, kind: str, channel: str, target: str, text: str, case_id: int | None) -> int:
+    with store.unit_of_work() as uow:
+        return uow.enqueue(kind=kind, channel=channel, target=target, payload=OutboundMessage(text).as_payload(),
+                           case_id=case_id, at=T0)
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    kind: str
+    channel: str
+    target: str
+    text: str
+
+    @property
+    def to_customer(self) -> bool:
+        return self.kind.startswith("customer_")
+
+
+def queue_a_mixed_batch(store: Store, case: CaseRecord) -> list[Message]:
+    """What a busy minute queues: updates to customers, with and without a case, and staff notifications."""
+    batch = [
+        ("customer_update", "wechat", OPENID, f"您的投诉 {case.number} 已由商场客服专员接手。", case.id),
+        ("customer_reply", "telegram", TELEGRAM_CUSTOMER, "请问商品是哪一天送到的？", None),
+        ("staff_notification", "wecom", MALL_ROBOT, f"### 新投诉 {case.number}", case.id),
+        ("staff_update", "telegram", OWNER_CHAT, f"顾客回复了 {case.number}：左边扶手", case.id),
+    ]
+    return [Message(queue(store, *spec), *spec[:4]) for spec in batch]
+
+
+def crash_at(point: str, store: Store, doomed: Dispatcher, platform: FakePlatform,
+             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Arrange for ``doomed`` to die at ``point`` of every item's delivery."""
+    if point == "after_claim":
+        def claimed_then_dead(*args: Any, **kwargs: Any) -> bool:
+            raise Crash("claimed; dies before marking it attempting")
+        monkeypatch.setattr(store, "mark_attempting", claimed_then_dead)
+    elif point == "after_attempting":
+        mark_attempting = store.mark_attempting
+
+        def attempting_then_dead(*args: Any, **kwargs: Any) -> bool:
+            mark_attempting(*args, **kwargs)
+            raise Crash("attempting committed; dies before the platform call")
+        monkeypatch.setattr(store, "mark_attempting", attempting_then_dead)
+    elif point == "after_send":
+        platform.crash_after_accepting = True
+    elif point == "after_record":
+        record = doomed._record
+
+        def recorded_then_dead(*args: Any) -> None:
+            record(*args)
+            raise Crash("the outcome is committed; dies right after")
+        monkeypatch.setattr(doomed, "_record", recorded_then_dead)
+    else:
+        raise AssertionError(point)
+
+
+def drain_now(dispatcher: Dispatcher) -> None:
+    """Passes until nothing is due at the clock's time (the staff reports queued meanwhile included)."""
+    for _ in range(20):
+        if not run(dispatcher.run_once()):
+            return
+    raise AssertionError("the outbox never settled")
+
+
+def case_events(store: Store, case: CaseRecord, kind: str) -> list[CaseEventRecord]:
+    return [e for e in store.get_case_events(case.id) if e.kind == kind]
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_a_dispatcher_killed_between_steps_loses_nothing_and_repeats_nothing_to_customers(
+        store: Store, db_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, point: str) -> None:
+    platform = FakePlatform()
+    case = open_case(store)
+    batch = queue_a_mixed_batch(store, case)
+    doomed = Dispatcher(store, dict(platform.senders()), clock=clock, reports=reports())
+    crash_at(point, store, doomed, platform, monkeypatch)
+    assert run(doomed.run_once()) == len(batch)  # ... and dies in every item's delivery at `point`
+    platform.crash_after_accepting = False  # the platform itself lives on
+
+    left = {m.id: item(store, m.id).state for m in batch}
+    expected_left = {"after_claim": "sending", "after_attempting": "attempting", "after_send": "attempting",
+                     "after_record": "sent"}[point]
+    assert set(left.values()) == {expected_left}
+    before_restart = list(platform.received)
+    assert len(before_restart) == (len(batch) if point in ("after_send", "after_record") else 0)
+
+    restarted_store = Store.from_url(db_url, migrate=False)  # the new process: its own engine and pool
+    try:
+        restarted = Dispatcher(restarted_store, dict(platform.senders()), clock=clock, reports=reports())
+        clock.advance(30)  # the dead process's leases still hold
+        assert run(restarted.run_once()) == 0
+        clock.advance(ATTEMPT_LEASE.total_seconds())  # every lease has lapsed
+        drain_now(restarted)
+    finally:
+        restarted_store.close()
+
+    uncertain_window = point in ("after_attempting", "after_send")
+    for message in batch:
+        got = platform.count(message.channel, message.target, message.text)
+        final = item(store, message.id)
+        if not message.to_customer:  # at least once; here exactly once more after an interrupted send
+            assert final.state == "sent", (point, message)
+            assert got == (2 if point == "after_send" else 1), (point, message)
+        elif uncertain_window:  # at most once, never again, and visibly so
+            assert got == (1 if point == "after_send" else 0), (point, message)
+            assert final.state == "uncertain" and final.sent_at is None, (point, message)
+            assert final.last_error and "interrupted" in final.last_error
+        else:  # never handed over, or recorded: exactly once
+            assert (got, final.state) == (1, "sent"), (point, message)
+
+    update = batch[0]
+    uncertain_events = case_events(store, case, "delivery_uncertain")
+    alerts = [text for text in platform.texts_to("telegram", OWNER_CHAT) if "无法确定顾客是否收到" in text]
+    if uncertain_window:
+        (event,) = uncertain_events  # the update about the case; the case-less reply is only on its row
+        assert event.actor == "kesu"
+        assert event.data["item"] == update.id and event.data["message_kind"] == "customer_update"
+        (alert,) = alerts  # to the owner, privately: once, although staff messages are at least once
+        assert case.number in alert and "已由商场客服专员接手" in alert
+        (report,) = [i for i in store.outbox_items(case_id=case.id) if i.kind == "staff_delivery_report"]
+        assert (report.channel, report.target, report.state) == ("telegram", OWNER_CHAT, "sent")
+    else:
+        assert uncertain_events == [] and alerts == []
+    assert counts(store).keys() <= {"sent", "uncertain"}
+
+
+def test_crashing_again_and_again_never_repeats_a_customer_message(
+        store: Store, db_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every restart dies at another step, until the outbox settles."""
+    platform = FakePlatform()
+    case = open_case(store)
+    batch = queue_a_mixed_batch(store, case)
+    for point in ("after_claim", "after_claim", "after_attempting", "after_send", "after_claim"):
+        with monkeypatch.context() as patch:
+            process_store = Store.from_url(db_url, migrate=False)
+            try:
+                doomed = Dispatcher(process_store, dict(platform.senders()), clock=clock, reports=reports())
+                crash_at(point, process_store, doomed, platform, patch)
+                platform.crash_after_accepting = point == "after_send"
+                run(doomed.run_once())
+            finally:
+                process_store.close()
+        platform.crash_after_accepting = False
+        clock.advance(ATTEMPT_LEASE.total_seconds() + 1)
+    drain_now(Dispatcher(store, dict(platform.senders()), clock=clock, reports=reports()))
+    for message in batch:
+        got = platform.count(message.channel, message.target, message.text)
+        assert got <= 1 if message.to_customer else got >= 1, message
+        assert item(store, message.id).state in (("sent", "uncertain") if message.to_customer else ("sent",))
+    assert counts(store).keys() <= {"sent", "uncertain"}
+
+
+def test_a_dispatcher_that_stalls_past_its_lease_does_not_send_what_another_one_took(
+        store: Store, db_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    platform = FakePlatform()
+    case = open_case(store)
+    update = queue(store, "customer_update", "wechat", OPENID, "处理方案：更换扶手。", case.id)
+    other_store = Store.from_url(db_url, migrate=False)
+    try:
+        other = Dispatcher(other_store, dict(platform.senders()), clock=clock)
+        stalled = Dispatcher(store, dict(platform.senders()), clock=clock)
+        mark_attempting = store.mark_attempting
+
+        def stall_then_attempt(*args: Any, **kwargs: Any) -> bool:
+            clock.advance(61)  # a frozen VM: the claim's lease lapses...
+            assert asyncio.run(other.run_once()) == 1  # ...and another process delivers the item
+            return mark_attempting(*args, **kwargs)
+
+        monkeypatch.setattr(store, "mark_attempting", stall_then_attempt)
+        run(stalled.run_once())
+    finally:
+        other_store.close()
+    assert platform.received == [("wechat", OPENID, "处理方案：更换扶手。")]
+    delivered = item(store, update)
+    assert (delivered.state, delivered.attempts) == ("sent", 2)
+
+
+# --------------------------------------------------------------------------- a sender in doubt
+
+
+class Doubtful:
+    """Takes the message, then cannot say so: a read timeout, or a long text cut off after its first piece."""
+
+    def __init__(self, platform: FakePlatform, error: Exception) -> None:
+        self.platform = platform
+        self.error = error
+
+    async def send(self, target: str, message: OutboundMessage) -> str | None:
+        self.platform.received.append(("wechat", target, message.text))
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [MaybeDelivered("no answer from WeChat after sending (ReadTimeout)"),
+                                   KeyError("msgid")])
+def test_a_customer_message_in_doubt_is_uncertain_not_resent(store: Store, clock: ManualClock,
+                                                              error: Exception) -> None:
+    platform = FakePlatform()
+    case = open_case(store)
+    update = queue(store, "customer_update", "wechat", OPENID, "您的投诉已处理完毕。", case.id)
+    senders: dict[str, Sender] = {**platform.senders(), "wechat": Doubtful(platform, error)}
+    dispatcher = Dispatcher(store, senders, clock=clock, reports=reports())
+    drain_now(dispatcher)
+    clock.advance(3600)
+    drain_now(dispatcher)
+    assert platform.count("wechat", OPENID, "您的投诉已处理完毕。") == 1
+    final = item(store, update)
+    assert final.state == "uncertain" and final.attempts == 1
+    (event,) = case_events(store, case, "delivery_uncertain")
+    assert event.data["reason"] == final.last_error
+    assert type(error).__name__ in (final.last_error or "") or "ReadTimeout" in (final.last_error or "")
+    assert any(case.number in text for text in platform.texts_to("telegram", OWNER_CHAT))
+
+
+def test_a_staff_message_in_doubt_is_sent_again(store: Store, clock: ManualClock) -> None:
+    platform = FakePlatform()
+    notice = queue(store, "staff_notification", "wecom", MALL_ROBOT, "### 新投诉", None)
+    doubtful = Doubtful(platform, MaybeDelivered("no answer"))
+    dispatcher = Dispatcher(store, {"wecom": doubtful}, clock=clock)
+    run(dispatcher.run_once())
+    waiting = item(store, notice)
+    assert waiting.state == "pending" and waiting.last_error == "no answer"
+    dispatcher.senders["wecom"] = platform.senders()["wecom"]
+    clock.now = waiting.next_attempt_at
+    run(dispatcher.run_once())
+    assert item(store, notice).state == "sent"
+    assert len(platform.received) == 2  # at least once: it may now be in the group twice
+
+
+# --------------------------------------------------------------------------- staff see whether the customer was reached
+
+
+def test_a_template_delivery_and_a_failure_are_on_the_case_and_told_to_staff(store: Store,
+                                                                            clock: ManualClock) -> None:
+    platform = FakePlatform()
+    reached, unreachable = open_case(store), open_case(store, owner=None, customer="o-unfollowed")
+    via_template = queue(store, "customer_update", "wechat", OPENID, f"您的投诉 {reached.number} 有新进展。",
+                         reached.id)
+    refused = queue(store, "customer_update", "wechat", "o-unfollowed", f"您的投诉 {unreachable.number} 有新进展。",
+                    unreachable.id)
+
+    class WindowClosed:
+        async def send(self, target: str, message: OutboundMessage) -> str | None:
+            if target == OPENID:
+                return "tpl:200228333"
+            raise Undeliverable("customer-service message refused (45015); template message: errcode 43004")
+
+    dispatcher = Dispatcher(store, {**platform.senders(), "wechat": WindowClosed()}, clock=clock, reports=reports())
+    drain_now(dispatcher)
+
+    assert item(store, via_template).external_id == "tpl:200228333"
+    (event,) = case_events(store, reached, "customer_reached")
+    assert event.data == {"item": via_template, "message_kind": "customer_update", "channel": "wechat",
+                          "path": "template", "external_id": "tpl:200228333"}
+    (told,) = platform.texts_to("telegram", OWNER_CHAT)  # the owner, privately
+    assert reached.number in told and "模板消息" in told
+
+    assert item(store, refused).state == "failed"
+    (event,) = case_events(store, unreachable, "customer_unreachable")
+    assert "43004" in event.data["reason"]
+    # nobody owns that case: the mall's staff groups are told, on every channel they have
+    for channel, target in (("telegram", MALL_GROUP), ("wecom", MALL_ROBOT)):
+        (text,) = platform.texts_to(channel, target)
+        assert unreachable.number in text and "未能送达顾客" in text and "43004" in text
+        assert "13812345678" not in text
+    assert case_events(store, reached, "customer_unreachable") == []
+
+
+def test_plain_deliveries_and_staff_messages_are_not_reported(store: Store, clock: ManualClock) -> None:
+    platform = FakePlatform()
+    case = open_case(store)
+    queue(store, "customer_update", "wechat", OPENID, "您好", case.id)  # "wechat:1": a customer-service message
+    queue(store, "staff_notification", "telegram", MALL_GROUP, "新投诉", case.id)
+    failing = queue(store, "staff_update", "telegram", "999", "提醒", case.id)
+
+    class Mixed:
+        async def send(self, target: str, message: OutboundMessage) -> str | None:
+            if target == "999":
+                raise Undeliverable("Forbidden: bot was blocked by the user")
+            return await platform.senders()["telegram"].send(target, message)
+
+    drain_now(Dispatcher(store, {**platform.senders(), "telegram": Mixed()}, clock=clock, reports=reports()))
+    assert item(store, failing).state == "failed"
+    assert [e.kind for e in store.get_case_events(case.id)] == ["opened", "claimed"]
+    assert [i.kind for i in store.outbox_items(case_id=case.id) if i.kind == "staff_delivery_report"] == []
+
+
+def test_a_broken_report_does_not_leave_a_delivered_message_looking_undelivered(store: Store,
+                                                                             clock: ManualClock) -> None:
+    platform = FakePlatform()
+    platform.answer = lambda channel, n: "tpl:1"
+    case = open_case(store)
+    update = queue(store, "customer_update", "wechat", OPENID, "您好", case.id)
+
+    def broken(*args: Any) -> int:
+        raise RuntimeError("template missing")
+
+    drain_now(Dispatcher(store, dict(platform.senders()), clock=clock, reports=broken))
+    assert item(store, update).state == "sent"
+    assert case_events(store, case, "customer_reached") == []
+
+
+# --------------------------------------------------------------------------- end to end: a staff action, a crash
+
+
+def test_a_progress_update_interrupted_by_a_crash_is_shown_as_uncertain_to_staff(
+        store: Store, db_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queued by a staff action in the case change's transaction; the crash leaves it uncertain, and
+    `kesu cases show` and `kesu outbox` say so."""
+    platform = FakePlatform()
+    renderer = Renderer()
+    staff = StaffService(store, zhenbei_catalog(), Settings(_env_file=None), renderer,  # type: ignore[call-arg]
+                         clock=clock)
+    case = open_case(store, owner=None)
+    member = StaffMember(OWNER, "李专员")
+    assert staff.claim(case.number, member, telegram_chat=None).won
+    drain_now(Dispatcher(store, dict(platform.senders()), clock=clock, reports=reports()))  # "已接手" goes out
+    assert staff.act(case.number, Action.PROGRESS, member, text="品牌方明天上午十点上门检测。").ok
+    (progress,) = [i for i in store.outbox_items(case_id=case.id, state="pending")]
+    assert progress.kind == "customer_update"
+
+    doomed = Dispatcher(store, dict(platform.senders()), clock=clock, reports=reports())
+    crash_at("after_send", store, doomed, platform, monkeypatch)
+    run(doomed.run_once())
+    platform.crash_after_accepting = False
+    clock.advance(ATTEMPT_LEASE.total_seconds() + 1)
+    fresh = Store.from_url(db_url, migrate=False)
+    try:
+        drain_now(Dispatcher(fresh, dict(platform.senders()), clock=clock, reports=reports()))
+    finally:
+        fresh.close()
+
+    progress_texts = [t for t in platform.texts_to("wechat", OPENID) if "上门检测" in t]
+    assert len(progress_texts) == 1
+    assert item(store, progress.id).state == "uncertain"
+    record = store.get_case(case.number)
+    assert record is not None
+    detail = renderer.render("case_detail", {
+        "case": record, "field_keys": FIELD_KEYS, "mall_name": None, "events": store.get_case_events(case.id),
+        "deliveries": store.outbox_items(case_id=case.id)})
+    assert "不确定顾客是否收到消息：给顾客的案件通知" in detail
+    assert "给顾客的案件通知→微信公众号" in detail and "不确定是否送达（不会重发，请与顾客核实）" in detail
+    listing = renderer.render("outbox_list", {"items": store.outbox_items(), "counts": store.outbox_counts()})
+    assert "不确定是否送达 1（请与顾客核实）" in listing.splitlines()[0]
+    (alert,) = [t for t in platform.texts_to("telegram", OWNER_CHAT) if "无法确定" in t]
+    assert f"/progress {case.number}" in alert
+
+
+# --------------------------------------------------------------------------- the real WeChat sender in doubt
+
+
+@pytest.fixture
+def wechat_api() -> Iterator[FakeWeChatAPI]:
+    with FakeWeChatAPI("wx1234567890abcdef", "0123456789abcdef0123456789abcdef").serve() as fake:
+        yield fake
+
+
+def wechat_sender(fake: FakeWeChatAPI, *, timeout: float = 10.0) -> WeChatSender:
+    client = OfficialAccountClient(fake.app_id, fake.secret, api_base_url=fake.base_url, timeout=timeout)
+    return WeChatSender(client, Renderer(), "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY")
+
+
+def test_wechat_text_cut_off_after_its_first_piece_is_not_sent_again(sqlite_store: Store, clock: ManualClock,
+                                                                     wechat_api: FakeWeChatAPI) -> None:
+    case = open_case(sqlite_store)
+    long_text = "\n".join(f"第{n}条：品牌方明天上午十点上门检测，请保持电话畅通。" for n in range(40))
+    assert len(wechat_split(long_text)) == 2  # WeChat takes 2000 bytes a message
+    update = queue(sqlite_store, "customer_update", "wechat", OPENID, long_text, case.id)
+    wechat_api.kf_script = [0, -1]  # the first piece is taken, the second refused ("system busy")
+    dispatcher = Dispatcher(sqlite_store, {**FakePlatform().senders(), "wechat": wechat_sender(wechat_api)},
+                            clock=clock, reports=reports())
+    drain_now(dispatcher)
+    clock.advance(3600)
+    drain_now(dispatcher)
+    sends = wechat_api.sent("message/custom/send")
+    assert [call.ok for call in sends] == [True, False]  # one delivered piece, one refused, nothing more
+    final = item(sqlite_store, update)
+    assert final.state == "uncertain" and final.last_error
+    assert final.last_error == "1 of 2 pieces delivered, then: errcode -1: system error"
+    assert case_events(sqlite_store, case, "delivery_uncertain")
+
+
+def test_wechat_send_without_an_answer_is_not_sent_again(sqlite_store: Store, clock: ManualClock,
+                                                         wechat_api: FakeWeChatAPI) -> None:
+    case = open_case(sqlite_store)
+    update = queue(sqlite_store, "customer_update", "wechat", OPENID, "您的投诉已处理完毕。", case.id)
+    wechat_api.answer_delay = 1.0  # WeChat takes the message; its answer comes after the client gave up
+    dispatcher = Dispatcher(sqlite_store, {**FakePlatform().senders(), "wechat": wechat_sender(wechat_api,
+                                                                                               timeout=0.3)},
+                            clock=clock, reports=reports())
+    drain_now(dispatcher)
+    clock.advance(3600)
+    drain_now(dispatcher)
+    assert len(wechat_api.sent("message/custom/send")) == 1
+    final = item(sqlite_store, update)
+    assert final.state == "uncertain"
+    assert (final.last_error or "").startswith("no answer from WeChat after sending (ReadTimeout: ")
+
+
+def test_wechat_unreachable_is_retried_as_before(sqlite_store: Store, clock: ManualClock) -> None:
+    client = OfficialAccountClient("wx1", "s", api_base_url="http://127.0.0.1:9/cgi-bin/", timeout=2)  # refused
+    update = queue(sqlite_store, "customer_update", "wechat", OPENID, "您好", None)
+    run(Dispatcher(sqlite_store, {"wechat": WeChatSender(client, Renderer(), None)}, clock=clock).run_once())
+    assert item(sqlite_store, update).state == "pending"  # nothing went out: safe to try again
+
+
+# --------------------------------------------------------------------------- the Telegram sender in doubt
+
+
+class StubBot:
+    """Answers send_message from a script: a message id, or an exception to raise."""
+
+    def __init__(self, *answers: int | BaseException) -> None:
+        self.answers = list(answers)
+        self.texts: list[str] = []
+
+    async def send_message(self, chat_id: int | str, text: str, reply_markup: Any = None) -> Any:
+        self.texts.append(text)
+        answer = self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return SimpleNamespace(message_id=answer)
+
+
+def telegram_send(bot: StubBot, text: str) -> str | None:
+    return run(TelegramSender(bot).send(TELEGRAM_CUSTOMER, OutboundMessage(text)))  # type: ignore[arg-type]
+
+
+def _from(error: TelegramError, cause: Exception) -> TelegramError:
+    error.__cause__ = cause
+    return error
+
+
+def test_telegram_text_cut_off_after_its_first_piece_may_have_been_delivered() -> None:
+    bot = StubBot(41, BadRequest("Bad Request: message is too long"))
+    with pytest.raises(MaybeDelivered, match=r"^1 of 2 pieces delivered, then: Telegram rejected the message"):
+        telegram_send(bot, "扶手" * 1000 + "\n" + "检测" * 1500)
+    assert len(bot.texts) == 2
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (_from(TimedOut(), httpx.ReadTimeout("read")), MaybeDelivered),
+    (_from(NetworkError("httpx.RemoteProtocolError: Server disconnected"), httpx.RemoteProtocolError("gone")),
+     MaybeDelivered),
+    (_from(TimedOut(), httpx.ConnectTimeout("connect")), RetryLater),
+    (_from(TimedOut("Pool timeout"), httpx.PoolTimeout("pool")), RetryLater),
+    (_from(NetworkError("httpx.ConnectError: refused"), httpx.ConnectError("refused")), RetryLater),
+    (NetworkError("Bad Gateway"), RetryLater),
+])
+def test_telegram_errors_say_whether_the_message_may_have_arrived(error: TelegramError,
+                                                                  expected: type[Exception]) -> None:
+    with pytest.raises(expected) as raised:
+        telegram_send(StubBot(error), "您好")
+    assert type(raised.value) is expected

@@ -148,7 +148,7 @@ class Kesu:
         deadline = time.monotonic() + timeout
         while True:
             open_items = [i for i in self.store.outbox_items(limit=1000)
-                          if i.channel == "telegram" and i.state in ("pending", "sending")]
+                          if i.channel == "telegram" and i.state in ("pending", "sending", "attempting")]
             if not open_items:
                 return
             assert time.monotonic() < deadline, f"outbox not delivered: {open_items}"
@@ -425,7 +425,7 @@ def test_webhook_without_the_right_secret_is_refused_and_touches_nothing(kesu: K
     time.sleep(0.2)
     assert [m for m in kesu.fake.methods() if m != "getMe"] == []
     assert kesu.store.messages("telegram", str(CUSTOMER["id"])) == []
-    assert kesu.store.outbox_counts() == {"pending": 0, "sending": 0, "sent": 0, "failed": 0}
+    assert set(kesu.store.outbox_counts().values()) == {0}
 
 
 def test_webhook_rejects_what_is_not_an_update(kesu: Kesu) -> None:

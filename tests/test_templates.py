@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,8 @@ from jinja2 import UndefinedError
 
 from bot.app import build_renderer
 from bot.config import Settings
+from bot.deadlines import ScanAction
+from bot.report import MonthlyReport, ReportLabels, compute_report
 from bot.templating import Renderer, cn_date, cn_time, mask_phone, money
 from dialogs.fields import ASK_ORDER, FIELD_KEYS
 from storage.repository import CaseEventRecord, CaseRecord, OutboxItem
@@ -77,6 +79,24 @@ DELIVERIES = [
 CLAIMED = dataclasses.replace(CASE, status="claimed", owner="telegram:42", owner_name="李经理")
 ASK_CONTEXTS = [{"again": False, "attempt": 1}, {"again": True, "attempt": 2}]
 
+
+def _month(cases: list[CaseRecord]) -> MonthlyReport:
+    """`kesu report --month 2026-11` as of 5 December: a new case, one closed satisfied, one missed and escalated."""
+    return compute_report(cases, year=2026, month=11, now=datetime(2026, 12, 5, 2, tzinfo=UTC),
+                          labels=ReportLabels.from_renderer(Renderer()), mall_names={"sh-zhenbei": ZHENBEI})
+
+
+DAY = timedelta(days=1)
+REPORT_CASES = [
+    CASE,
+    dataclasses.replace(CLAIMED, id=2, status="closed", nature="quality", first_contact_due=OPENED_UTC + DAY,
+                        first_contacted_at=OPENED_UTC + DAY / 4, resolution_due=OPENED_UTC + 7 * DAY,
+                        resolved_at=OPENED_UTC + 3 * DAY, closed_at=OPENED_UTC + 4 * DAY, satisfaction=5),
+    dataclasses.replace(CLAIMED, id=3, fields={**CASE_FIELDS, "mall": None, "brand": None, "priority": "major"},
+                        nature="delivery", first_contact_due=OPENED_UTC + DAY, resolution_due=OPENED_UTC + 2 * DAY,
+                        escalation_level=2),
+]
+
 # One or more realistic contexts per template name, as the engine / CLI would pass them.
 CONTEXTS: dict[str, list[dict[str, Any]]] = {
     **{f"ask/{spec.key}": ASK_CONTEXTS for spec in ASK_ORDER},
@@ -89,12 +109,26 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         {"case": CASE, "field_keys": FIELD_KEYS, "mall_name": "红星美凯龙上海真北商场", "events": EVENTS,
          "deliveries": DELIVERIES},
         {"case": CASE, "field_keys": FIELD_KEYS, "mall_name": None, "events": [], "deliveries": []},
+        # what became of messages to the customer (bot/dispatch.py CaseDeliveryReports)
+        {"case": CLAIMED, "field_keys": FIELD_KEYS, "mall_name": ZHENBEI, "deliveries": DELIVERIES, "events": [
+            CaseEventRecord(kind=kind, actor="kesu", created_at=OPENED_UTC, data={
+                "item": 2, "message_kind": "customer_update", "channel": "wechat", **data})
+            for kind, data in (("customer_reached", {"path": "template", "external_id": "tpl:200228333"}),
+                               ("customer_unreachable", {"reason": "errcode 43004: require subscribe"}),
+                               ("delivery_uncertain", {"reason": "interrupted"}))]},
     ],
     "outbox_list": [
-        {"items": DELIVERIES, "counts": {"pending": 0, "sending": 0, "sent": 1, "failed": 1}},
-        {"items": [], "counts": {"pending": 0, "sending": 0, "sent": 0, "failed": 0}},
+        {"items": DELIVERIES, "counts": {"pending": 0, "sending": 0, "attempting": 0, "sent": 1, "failed": 1,
+                                         "uncertain": 0}},
+        {"items": [], "counts": {"pending": 0, "sending": 0, "attempting": 0, "sent": 0, "failed": 0, "uncertain": 0}},
+        {"items": [dataclasses.replace(DELIVERIES[1], kind="customer_update", state="uncertain",
+                                       last_error="interrupted while being handed to the platform")],
+         "counts": {"pending": 1, "sending": 1, "attempting": 1, "sent": 9, "failed": 0, "uncertain": 1}},
     ],
     "evidence_received": [{"count": 1}, {"count": 3}],
+    "report/monthly": [{"report": _month(REPORT_CASES)}, {"report": _month([])}],
+    "report/written": [{"kind": "csv", "path": "/srv/kesu/reports/2026-11.csv"},
+                       {"kind": "xlsx", "path": "报表/客诉月报-2026-11.xlsx"}],
     "staff/new_case": [
         {"case": CASE, "fields": CASE.fields, "mall_name": "红星美凯龙上海真北商场", "unrouted": False},
         {"case": CASE, "fields": {**CASE.fields, "priority": "major"}, "mall_name": None, "unrouted": True},
@@ -118,6 +152,13 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         "case", "verify", "note", "ask", "progress", "propose", "approve", "agree", "resolve", "reject", "reassign",
         "close", "reopen")],
     "staff/claimed": [{"case": CLAIMED, "won": True}, {"case": CLAIMED, "won": False}],
+    "staff/delivery_report": [
+        {"case": CLAIMED, "event": event, "message_kind": "customer_update", "reason": reason,
+         "excerpt": "您的投诉 KS2611220019 已由商场客服专员接手。"}
+        for event, reason in (("customer_reached", ""), ("customer_unreachable", "errcode 43004: require subscribe"),
+                              ("delivery_uncertain", "interrupted while being handed to the platform"))
+    ] + [{"case": CLAIMED, "event": "delivery_uncertain", "message_kind": "customer_reply", "reason": "",
+          "excerpt": ""}],
     "answer_relayed": [{"number": "KS2611220019"}],
     "solution_agreed": [{"number": "KS2611220019"}],
     "solution_declined": [{"number": "KS2611220019"}],
@@ -145,6 +186,8 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
                           ("verify", "note", "ask", "progress", "propose", "approve", "agree", "resolve", "reject",
                            "reassign", "close", "reopen")],
     "staff/approval_limit": [{"approver_role": "store_manager"}],
+    "staff/unknown_code": [{"codes": ["cash"]}],
+    "staff/amount_required": [{}],
     "staff/case_not_found": [{}],
     "staff/conflict": [{}],
     "staff/not_now": [{"action": "approve", "state": "claimed"}],
@@ -152,6 +195,40 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "staff/unknown_member": [{"to": "telegram:999"}, {"to": None}],
     "staff/not_allowed": [{}],
     "staff/case_usage": [{}],
+    # bot/deadlines.py: the owner warned before a deadline; a missed one escalated; `kesu deadlines scan`.
+    "deadline/warning": [
+        {"case": CLAIMED, "deadline": "first_contact", "due": OPENED_UTC + timedelta(hours=24), "minutes_left": 110,
+         "mall_name": ZHENBEI, "level": 0},
+        {"case": CASE, "deadline": "first_contact", "due": OPENED_UTC + timedelta(hours=24), "minutes_left": 0,
+         "mall_name": None, "level": 0},
+        {"case": CLAIMED, "deadline": "next_update", "due": OPENED_UTC + timedelta(hours=48), "minutes_left": 120,
+         "mall_name": ZHENBEI, "level": 1},
+        {"case": CLAIMED, "deadline": "resolution", "due": OPENED_UTC + timedelta(days=7), "minutes_left": 45,
+         "mall_name": ZHENBEI, "level": 2},
+    ],
+    "deadline/escalated": [
+        {"case": CLAIMED, "deadline": "first_contact", "due": OPENED_UTC + timedelta(hours=24), "level": 1,
+         "repeat": False, "next_due": OPENED_UTC + timedelta(hours=32), "audience": audience, "mall_name": ZHENBEI,
+         "managers": [{"name": "王店长", "role": "store_manager"},
+                      {"name": "陈副店长", "role": "deputy_store_manager"}]}
+        for audience in ("owner", "mall")
+    ] + [
+        {"case": CASE, "deadline": "first_contact", "due": OPENED_UTC + timedelta(hours=24), "level": 1,
+         "repeat": False, "next_due": OPENED_UTC + timedelta(hours=32), "audience": "mall", "mall_name": None,
+         "managers": []},
+        {"case": CLAIMED, "deadline": "resolution", "due": OPENED_UTC + timedelta(days=7), "level": 2,
+         "repeat": False, "next_due": None, "audience": "escalation", "mall_name": ZHENBEI, "managers": []},
+        {"case": CLAIMED, "deadline": "next_update", "due": OPENED_UTC + timedelta(days=3), "level": 2,
+         "repeat": True, "next_due": None, "audience": "escalation", "mall_name": ZHENBEI, "managers": []},
+    ],
+    "deadline/scan_done": [
+        {"now": OPENED_UTC, "actions": [], "conflicts": 0},
+        {"now": OPENED_UTC + timedelta(hours=25), "conflicts": 1, "actions": [
+            ScanAction("KS2611220019", "escalated", "first_contact", 1, OPENED_UTC + timedelta(hours=24)),
+            ScanAction("KS2611220027", "deadline_warning", "next_update", 0, OPENED_UTC + timedelta(hours=26)),
+            ScanAction("KS2611210012", "still_overdue", "resolution", 2, OPENED_UTC - timedelta(days=1)),
+            ScanAction("KS2611200015", "cleared", "next_update", 0, OPENED_UTC)]},
+    ],
     "web/chat.html": [{}],
     "wechat/options": [{"options": ["是", "不是", "不清楚"]}, {"options": ["没有"]}],
     "wechat/template_remark": [{}],
