@@ -213,6 +213,9 @@ class StaffService:
         if customer is not None:
             template, context, awaited = customer
             self._tell_customer(uow, updated, template, {**context, "case": updated}, awaiting=awaited)
+        if action is Action.REASSIGN:  # the new owner hears it from us, with the history one command away
+            self._to_owner(uow, updated, OutboundMessage(self.renderer.render(
+                "staff/reassigned", {"case": updated, "by": member.name})))
         return ActionResult(updated, detail=data)
 
     # ------------------------------------------------------------------ customer side
@@ -271,12 +274,19 @@ class StaffService:
         return updated
 
     def _tell_owner(self, uow: UnitOfWork, case: CaseRecord, event: str, text: str, score: int | None) -> None:
-        owner = case.owner or ""
-        channel, _, user = owner.partition(":")
-        if channel != "telegram" or not user:
-            return
         message = OutboundMessage(self.renderer.render("staff/customer_replied", {
             "case": case, "event": event, "text": text, "score": score}))
-        uow.enqueue(kind="staff_update", channel="telegram", target=user, payload=message.as_payload(),
-                    case_id=case.id, at=self.clock())
+        self._to_owner(uow, case, message)
+
+    def _to_owner(self, uow: UnitOfWork, case: CaseRecord, message: OutboundMessage) -> None:
+        """The owner's private Telegram chat; an owner not on Telegram is reached through the mall's groups."""
+        channel, _, user = (case.owner or "").partition(":")
+        mall = self.catalog.mall(case.fields.get("mall") or "")
+        if channel == "telegram" and user:
+            targets = [user]
+        else:
+            targets = [str(chat) for chat in mall.staff.telegram] if mall else []
+        for target in targets:
+            uow.enqueue(kind="staff_update", channel="telegram", target=target, payload=message.as_payload(),
+                        case_id=case.id, at=self.clock())
 

@@ -246,3 +246,16 @@ def test_a_listed_member_cannot_act_from_a_chat_that_does_not_serve_the_mall(int
     case = open_case(intake)
     result = staff.act(case.number, Action.NOTE, SPECIALIST, telegram_chat=-1009999999999, text="x")
     assert result.refusal == "staff/not_allowed"
+
+
+def test_reassigning_tells_the_new_owner_and_keeps_the_history(intake: IntakeService, staff: StaffService,
+                                                              store: Store) -> None:
+    case = open_case(intake)
+    staff.claim(case.number, SPECIALIST, telegram_chat=None)
+    staff.act(case.number, Action.NOTE, SPECIALIST, text="顾客下午方便接电话")
+    moved = staff.act(case.number, Action.REASSIGN, SPECIALIST, to=MANAGER.id)
+    assert moved.ok and moved.case is not None and moved.case.owner_name == "王店长"
+    told = [item for item in store.outbox_items(case_id=case.id) if item.kind == "staff_update"]
+    assert [item.target for item in told] == ["102"]
+    assert "李专员 把投诉" in told[0].payload["text"]
+    assert events(store, case)[-3:] == ["claimed", "note", "reassign"]

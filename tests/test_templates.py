@@ -188,6 +188,7 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "staff/approval_limit": [{"approver_role": "store_manager"}],
     "staff/unknown_code": [{"codes": ["cash"]}],
     "staff/amount_required": [{}],
+    "staff/reassigned": [{"case": CLAIMED, "by": "王店长"}],
     "staff/case_not_found": [{}],
     "staff/conflict": [{}],
     "staff/not_now": [{"action": "approve", "state": "claimed"}],
