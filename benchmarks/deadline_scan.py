@@ -93,7 +93,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import yaml
-from common import machine_line
+from common import machine_line, unless_postgres_unreachable
 from sqlalchemy import event, func, insert, make_url, select, text
 from turn_throughput import DEFAULT_PG_URL, check_loopback, fresh_database, percentile
 
@@ -637,13 +637,9 @@ def main() -> None:
             print()
             where = "file in a temp dir" if backend == "sqlite" else f"fresh database on {make_url(args.pg_url).host}"
             print(f"{backend} ({where})")
-            try:
-                with fresh_database(backend, args.pg_url, Path(tmp)) as url:
-                    run_backend(url, rows, catalog, renderer, args)
-            except Exception as error:  # a missing PostgreSQL server should not hide the SQLite figures
-                if backend != "postgres" or "connect" not in str(error).lower():
-                    raise
-                print(f"  skipped: cannot reach PostgreSQL at {args.pg_url}: {error}")
+            with unless_postgres_unreachable(backend, args.pg_url), \
+                    fresh_database(backend, args.pg_url, Path(tmp)) as url:
+                run_backend(url, rows, catalog, renderer, args)
     print()
     print(f"total benchmark time {time.perf_counter() - started:.1f} s")
 

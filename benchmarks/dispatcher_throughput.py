@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from common import machine_line
+from common import machine_line, unless_postgres_unreachable
 from sqlalchemy import func, make_url, select
 from turn_throughput import DEFAULT_PG_URL, check_loopback, fresh_database, percentile
 
@@ -294,14 +294,10 @@ def main() -> None:
             where = "file in a temp dir" if backend == "sqlite" else f"fresh database on {make_url(args.pg_url).host}"
             print(f"{backend} ({where}, a fresh one per mode)")
             print(HEADER)
-            try:
+            with unless_postgres_unreachable(backend, args.pg_url):
                 for mode in modes:
                     with fresh_database(backend, args.pg_url, Path(tmp)) as url:
                         print(run_mode(url, mode, args).row(), flush=True)
-            except Exception as error:  # a missing PostgreSQL server should not hide the SQLite figures
-                if backend != "postgres" or "connect" not in str(error).lower():
-                    raise
-                print(f"  skipped: cannot reach PostgreSQL at {args.pg_url}: {error}")
     print()
     print(f"total benchmark time {time.perf_counter() - started:.1f} s")
 

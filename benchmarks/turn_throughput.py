@@ -60,7 +60,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from common import machine_line
+from common import machine_line, unless_postgres_unreachable
 from sqlalchemy import create_engine, event, make_url, text
 from sqlalchemy.pool import NullPool
 
@@ -539,7 +539,7 @@ def main() -> None:
             print()
             where = "file in a temp dir" if backend == "sqlite" else f"fresh database on {make_url(args.pg_url).host}"
             print(f"{backend} ({where})")
-            try:
+            with unless_postgres_unreachable(backend, args.pg_url):
                 results: list[list[RunResult]] = []
                 print(f"  {'run':<10}{'thr':>4} {'turns':>7} {'wall s':>8} {'turns/s':>9} {'p50 ms':>8} "
                       f"{'p99 ms':>8}  cases")
@@ -556,10 +556,6 @@ def main() -> None:
                 with fresh_database(backend, args.pg_url, Path(tmp)) as url:
                     turns, us = breakdown(url, breakdown_customers, catalog, renderer, message_ids)
                 print_breakdown(turns, us)
-            except Exception as error:  # a missing PostgreSQL server should not hide the SQLite figures
-                if backend != "postgres" or "connect" not in str(error).lower():
-                    raise
-                print(f"  skipped: cannot reach PostgreSQL at {args.pg_url}: {error}")
     print()
     print(f"total benchmark time {time.perf_counter() - started:.1f} s")
 
