@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from bot.config import Settings
+from bot.customer_push import push_to_customer
 from bot.deadlines import DeadlinePolicy
 from bot.lifecycle import (
     DEFAULT_LIMITS,
@@ -36,10 +37,6 @@ from bot.templating import Renderer
 from dialogs.catalog import Catalog
 from dialogs.engine import AwaitingCase, DialogState
 from storage.repository import CaseRecord, Store, UnitOfWork
-
-# Channels where a customer can be reached later (a push); web and console customers see the
-# case status when they next write.
-PUSH_CHANNELS = frozenset({"telegram", "wechat"})
 
 
 @dataclass(frozen=True)
@@ -228,12 +225,7 @@ class StaffService:
             choices = [("同意", None), ("不同意", None)]
         elif awaiting == "satisfaction":
             choices = [(str(score), None) for score in (5, 4, 3, 2, 1)]
-        message = self.renderer.message(template, context, choices)
-        if case.channel in PUSH_CHANNELS:
-            uow.enqueue(kind="customer_update", channel=case.channel, target=case.customer_id,
-                        payload=message.as_payload(), case_id=case.id, at=self.clock())
-        uow.record_outbound(channel=case.channel, customer_id=case.customer_id, texts=[message.text],
-                            in_reply_to=None, at=self.clock())
+        push_to_customer(uow, case, self.renderer.message(template, context, choices), self.clock())
         if awaiting is not None:
             self._await_customer(uow, case, awaiting)
 
