@@ -45,6 +45,7 @@ class Action(StrEnum):
     RESOLVE = "resolve"
     REJECT = "reject"
     REASSIGN = "reassign"
+    CLASSIFY = "classify"  # nature and/or grade (一般/重要/重大); keeps the status
     FOLLOW_UP = "follow_up"
     CLOSE = "close"
     REOPEN = "reopen"
@@ -67,6 +68,7 @@ TRANSITIONS: dict[Action, tuple[frozenset[Status], Status | None]] = {
     Action.RESOLVE: (WORKING | {Status.PROPOSED, Status.AGREED}, Status.RESOLVED),
     Action.REJECT: (frozenset({Status.NEW}) | WORKING, Status.REJECTED),
     Action.REASSIGN: (OPEN, None),
+    Action.CLASSIFY: (OPEN, None),
     Action.FOLLOW_UP: (frozenset({Status.RESOLVED}), Status.FOLLOW_UP),
     Action.CLOSE: (frozenset({Status.RESOLVED, Status.FOLLOW_UP}), Status.CLOSED),
     Action.REOPEN: (frozenset({Status.RESOLVED, Status.FOLLOW_UP, Status.CLOSED, Status.REJECTED}), Status.REOPENED),

@@ -57,13 +57,24 @@ class StaffNotifier:
     def new_case(self, case: CaseRecord) -> list[Delivery]:
         mall = self.catalog.mall(case.fields.get("mall") or "")
         groups = [mall.staff if mall and mall.staff else self.fallback]
-        major = case.fields.get("priority") == "major"
-        if major:
-            groups += [mall.escalation if mall else StaffGroups(), self.escalation]
-        context = self._context(case, mall)
+        if case.fields.get("priority") == "major":
+            groups += self._escalation_groups(mall)
+        return self._deliveries(case, groups, self._context(case, mall), claim=True)
+
+    def raised_to_major(self, case: CaseRecord, by: str) -> list[Delivery]:
+        """A case graded 重大 after intake reaches the escalation groups at once, as a new 重大 case does."""
+        mall = self.catalog.mall(case.fields.get("mall") or "")
+        context = {**self._context(case, mall), "raised_by": by}
+        return self._deliveries(case, self._escalation_groups(mall), context, claim=case.owner is None)
+
+    def _escalation_groups(self, mall: Mall | None) -> list[StaffGroups]:
+        return [mall.escalation if mall else StaffGroups(), self.escalation]
+
+    def _deliveries(self, case: CaseRecord, groups: list[StaffGroups], context: dict[str, Any], *,
+                    claim: bool) -> list[Delivery]:
         text = mask_mobiles(self.renderer.render("staff/new_case", context))
-        buttons = ((Button(self.renderer.button_label(CLAIM), f"{CLAIM}:{case.number}"),
-                    Button(self.renderer.button_label(VIEW), f"{VIEW}:{case.number}")),)
+        view = Button(self.renderer.button_label(VIEW), f"{VIEW}:{case.number}")
+        buttons = ((Button(self.renderer.button_label(CLAIM), f"{CLAIM}:{case.number}"), view) if claim else (view,),)
         markdown = mask_mobiles(self.renderer.render("staff/new_case_wecom", self._markdown_context(context)))
         telegram = dict.fromkeys(chat for g in groups for chat in g.telegram)
         wecom = dict.fromkeys(key for g in groups for key in g.wecom)
@@ -73,9 +84,9 @@ class StaffNotifier:
         return ([Delivery("telegram", str(chat), OutboundMessage(text, buttons)) for chat in telegram]
                 + [Delivery("wecom", key, OutboundMessage(markdown, markdown=True)) for key in wecom])
 
-    def _context(self, case: CaseRecord, mall: Mall | None) -> dict[str, object]:
+    def _context(self, case: CaseRecord, mall: Mall | None) -> dict[str, Any]:
         return {"case": case, "fields": case.fields, "mall_name": mall.name if mall else case.fields.get("mall"),
-                "unrouted": case.unrouted}
+                "unrouted": case.unrouted, "raised_by": None}
 
     @staticmethod
     def _markdown_context(context: dict[str, Any]) -> dict[str, Any]:

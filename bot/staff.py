@@ -32,10 +32,12 @@ from bot.lifecycle import (
     Status,
     next_status,
 )
+from bot.notify import StaffNotifier
 from bot.outbound import OutboundMessage
 from bot.templating import Renderer
 from dialogs.catalog import Catalog
 from dialogs.engine import AwaitingCase, DialogState
+from storage.models import NATURES, PRIORITIES
 from storage.repository import CaseRecord, Store, UnitOfWork
 
 
@@ -75,6 +77,7 @@ class StaffService:
         self.renderer = renderer or Renderer()
         self.clock = clock
         self.on_outbox = on_outbox
+        self.notifier = StaffNotifier(catalog, self.renderer, settings)
         self.approval = ApprovalRule({**DEFAULT_LIMITS, **catalog.approval_limits})
         self.deadlines = DeadlinePolicy.from_settings(settings)  # what each action does to the case's deadlines
         self.deployment_chats = {chat for chat in (settings.fallback_telegram_chat, settings.escalation_telegram_chat)
@@ -127,7 +130,7 @@ class StaffService:
 
     def act(self, number: str, action: Action, member: StaffMember, *, telegram_chat: int | None = None,
             text: str = "", codes: tuple[str, ...] = (), amount: Decimal | None = None, to: str | None = None,
-            nature: str | None = None) -> ActionResult:
+            nature: str | None = None, priority: str | None = None) -> ActionResult:
         """Any staff action but claim; refusals come back as template names, never exceptions."""
         case = self.store.get_case(number)
         if case is None:
@@ -136,6 +139,9 @@ class StaffService:
             return ActionResult(case, "staff/not_allowed")
         if action in (Action.ASK, Action.PROGRESS, Action.REJECT, Action.NOTE) and not text.strip():
             return ActionResult(case, "staff/text_required", {"action": action.value})
+        if (nature is not None and nature not in NATURES) or (priority is not None and priority not in PRIORITIES) \
+                or (action is Action.CLASSIFY and nature is None and priority is None):
+            return ActionResult(case, "staff/classify_what", {"natures": NATURES, "priorities": PRIORITIES})
         try:
             target = next_status(action, case.status)
         except NotAllowedNow:
@@ -143,13 +149,13 @@ class StaffService:
         now = self.clock()
         with self.store.unit_of_work() as uow:
             result = self._apply(uow, case, action, target, member, now, text=text, codes=codes, amount=amount,
-                                 to=to, nature=nature)
+                                 to=to, nature=nature, priority=priority)
         self.on_outbox()
         return result
 
     def _apply(self, uow: UnitOfWork, case: CaseRecord, action: Action, target: Status | None,
                member: StaffMember, now: datetime, *, text: str, codes: tuple[str, ...], amount: Decimal | None,
-               to: str | None, nature: str | None) -> ActionResult:
+               to: str | None, nature: str | None, priority: str | None) -> ActionResult:
         changes: dict[str, Any] = {}
         data: dict[str, Any] = {"by": member.name}
         customer: tuple[str, dict[str, Any], str | None] | None = None  # template, context, awaited reply kind
@@ -196,8 +202,12 @@ class StaffService:
             customer = ("case/resolved", {"summary": text}, "satisfaction")
         elif action is Action.CLOSE:
             changes["closed_at"] = now
-        if nature:
-            changes["nature"] = nature
+        if nature is not None and nature != case.nature:
+            changes["nature"] = data["nature"] = nature
+        raised_to_major = priority == "major" and case.fields.get("priority") != "major"
+        if priority is not None and priority != case.fields.get("priority"):
+            changes["priority"] = data["priority"] = priority
+            data["from_priority"] = case.fields.get("priority")
         if target is not None:
             changes["status"] = target.value
         if case.owner is None and action is not Action.NOTE and action is not Action.REASSIGN:
@@ -210,6 +220,10 @@ class StaffService:
         if customer is not None:
             template, context, awaited = customer
             self._tell_customer(uow, updated, template, {**context, "case": updated}, awaiting=awaited)
+        if raised_to_major:
+            for delivery in self.notifier.raised_to_major(updated, member.name):
+                uow.enqueue(kind="staff_notification", channel=delivery.channel, target=delivery.target,
+                            payload=delivery.message.as_payload(), case_id=updated.id, at=now)
         if action is Action.REASSIGN:  # the new owner hears it from us, with the history one command away
             self._to_owner(uow, updated, OutboundMessage(self.renderer.render(
                 "staff/reassigned", {"case": updated, "by": member.name})))

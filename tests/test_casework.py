@@ -259,3 +259,39 @@ def test_reassigning_tells_the_new_owner_and_keeps_the_history(intake: IntakeSer
     assert [item.target for item in told] == ["102"]
     assert "李专员 把投诉" in told[0].payload["text"]
     assert events(store, case)[-3:] == ["claimed", "note", "reassign"]
+
+
+def test_classifying_sets_nature_and_grade_and_a_raise_to_major_reaches_the_escalation_group(
+        intake: IntakeService, store: Store, catalog: Catalog) -> None:
+    settings = Settings(_env_file=None, escalation_telegram_chat=-1007770001)  # type: ignore[call-arg]
+    staff = build_staff_service(settings, store, catalog, Renderer(), clock=lambda: NOW + timedelta(hours=1))
+    case = open_case(intake)
+    staff.claim(case.number, SPECIALIST, telegram_chat=None)
+    nature_only = staff.act(case.number, Action.CLASSIFY, SPECIALIST, nature="quality")
+    assert nature_only.ok and nature_only.case is not None and nature_only.case.nature == "quality"
+    assert not [item for item in store.outbox_items(case_id=case.id) if item.target == "-1007770001"]
+
+    raised = staff.act(case.number, Action.CLASSIFY, SPECIALIST, priority="major")
+    assert raised.ok and raised.case is not None
+    assert raised.case.fields["priority"] == "major" and raised.case.status == "claimed"
+    told = [item for item in store.outbox_items(case_id=case.id) if item.target == "-1007770001"]
+    assert len(told) == 1 and told[0].kind == "staff_notification"
+    text = told[0].payload["text"]
+    assert text.startswith(f"【升级为重大投诉（李专员）】{case.number}")
+    assert "138****5678" in text and "13812345678" not in text
+    assert "负责人：李专员" in text
+    again = staff.act(case.number, Action.CLASSIFY, SPECIALIST, priority="major")
+    assert again.ok  # already 重大: nothing new to announce
+    assert len([item for item in store.outbox_items(case_id=case.id) if item.target == "-1007770001"]) == 1
+    timeline = [(e.kind, e.data) for e in store.get_case_events(case.id) if e.kind == "classify"]
+    assert timeline[:2] == [("classify", {"by": "李专员", "nature": "quality"}),
+                            ("classify", {"by": "李专员", "priority": "major", "from_priority": "normal"})]
+
+
+@pytest.mark.parametrize("values", [{}, {"nature": "weather"}, {"priority": "urgent"}])
+def test_classifying_needs_a_known_nature_or_grade(intake: IntakeService, staff: StaffService, store: Store,
+                                                   values: dict[str, str]) -> None:
+    case = open_case(intake)
+    result = staff.act(case.number, Action.CLASSIFY, SPECIALIST, **values)
+    assert result.refusal == "staff/classify_what"
+    assert "classify" not in events(store, case)

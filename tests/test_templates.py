@@ -18,6 +18,7 @@ from bot.deadlines import ScanAction
 from bot.report import MonthlyReport, ReportLabels, compute_report
 from bot.templating import Renderer, cn_date, cn_time, mask_phone, money
 from dialogs.fields import ASK_ORDER, FIELD_KEYS
+from storage.models import NATURES, PRIORITIES
 from storage.repository import CaseEventRecord, CaseRecord, OutboxItem
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,6 +62,10 @@ EVENTS = [
     CaseEventRecord(kind="opened", actor="customer", data={"channel": "wechat"}, created_at=OPENED_UTC),
     CaseEventRecord(kind="graded", actor="kesu", data={"priority": "important", "rules": ["repeat"]},
                     created_at=OPENED_UTC),
+    CaseEventRecord(kind="classify", actor="telegram:42", created_at=OPENED_UTC,
+                    data={"by": "李经理", "nature": "delivery", "priority": "major", "from_priority": "important"}),
+    CaseEventRecord(kind="classify", actor="telegram:42", data={"by": "李经理", "nature": "quality"},
+                    created_at=OPENED_UTC),
 ]
 SUMMARY_ITEMS = [
     {"field": key, "value": ZHENBEI if key == "mall" else CASE_FIELDS[key], "unknown": key == "order_no"}
@@ -77,6 +82,7 @@ DELIVERIES = [
                created_at=datetime(2026, 11, 22, 6, 30, tzinfo=UTC), sent_at=None),
 ]
 CLAIMED = dataclasses.replace(CASE, status="claimed", owner="telegram:42", owner_name="李经理")
+DUE_CASE = dataclasses.replace(CASE, first_contact_due=OPENED_UTC + timedelta(hours=24))
 ASK_CONTEXTS = [{"again": False, "attempt": 1}, {"again": True, "attempt": 2}]
 
 
@@ -130,12 +136,20 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "report/written": [{"kind": "csv", "path": "/srv/kesu/reports/2026-11.csv"},
                        {"kind": "xlsx", "path": "报表/客诉月报-2026-11.xlsx"}],
     "staff/new_case": [
-        {"case": CASE, "fields": CASE.fields, "mall_name": "红星美凯龙上海真北商场", "unrouted": False},
-        {"case": CASE, "fields": {**CASE.fields, "priority": "major"}, "mall_name": None, "unrouted": True},
+        {"case": CASE, "fields": CASE.fields, "mall_name": "红星美凯龙上海真北商场", "unrouted": False,
+         "raised_by": None},
+        {"case": DUE_CASE, "fields": {**CASE.fields, "priority": "major"}, "mall_name": None, "unrouted": True,
+         "raised_by": None},
+        {"case": CLAIMED, "fields": {**CASE.fields, "priority": "major"}, "mall_name": ZHENBEI, "unrouted": False,
+         "raised_by": "李经理"},
     ],
     "staff/new_case_wecom": [
-        {"case": CASE, "fields": CASE.fields, "mall_name": "红星美凯龙上海真北商场", "unrouted": False},
-        {"case": CASE, "fields": {**CASE.fields, "priority": "important"}, "mall_name": None, "unrouted": True},
+        {"case": CASE, "fields": CASE.fields, "mall_name": "红星美凯龙上海真北商场", "unrouted": False,
+         "raised_by": None},
+        {"case": DUE_CASE, "fields": {**CASE.fields, "priority": "important"}, "mall_name": None, "unrouted": True,
+         "raised_by": None},
+        {"case": CLAIMED, "fields": {**CASE.fields, "priority": "major"}, "mall_name": ZHENBEI, "unrouted": False,
+         "raised_by": "李经理"},
     ],
     "staff/case_brief": [
         {"case": CASE, "mall_name": "红星美凯龙上海真北商场"},
@@ -193,6 +207,7 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "staff/conflict": [{}],
     "staff/not_now": [{"action": "approve", "state": "claimed"}],
     "staff/text_required": [{"action": "ask"}],
+    "staff/classify_what": [{"natures": NATURES, "priorities": PRIORITIES}],
     "staff/unknown_member": [{"to": "telegram:999"}, {"to": None}],
     "staff/not_allowed": [{}],
     "staff/case_usage": [{}],
