@@ -75,6 +75,16 @@ TRANSITIONS: dict[Action, tuple[frozenset[Status], Status | None]] = {
 }
 
 
+# While a case is in these states it still waits for the customer's answer of each kind (a staff
+# question, a proposed solution, the satisfaction follow-up); outside them the customer's next
+# message is an ordinary message (staff recorded the agreement by phone, the case was closed, ...).
+AWAITS_ANSWER: dict[str, frozenset[Status]] = {
+    "question": OPEN,
+    "solution": frozenset({Status.PROPOSED, Status.AWAITING_APPROVAL}),
+    "satisfaction": frozenset({Status.RESOLVED, Status.FOLLOW_UP}),
+}
+
+
 class NotAllowedNow(Exception):
     """The action does not apply to a case in this state; the message names both."""
 

@@ -13,12 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.deadlines import DeadlinePolicy
+from bot.lifecycle import AWAITS_ANSWER, Status
 from bot.notify import StaffNotifier
 from bot.outbound import OutboundMessage
 from bot.staff import StaffService
 from bot.templating import Renderer
 from dialogs.catalog import Catalog
-from dialogs.engine import CaseReply, DialogState, LookUpCases, OpenCase, new_state, step
+from dialogs.engine import CaseReply, DialogState, LookUpCases, OpenCase, Reply, new_state, step
 from dialogs.extraction.priority import PRIORITY_ORDER
 from dialogs.fields import FIELD_KEYS, from_state_value
 from storage.case_numbers import find_case_number
@@ -28,6 +29,12 @@ from storage.repository import CaseDraft, CaseRecord, Reader, StaleConversation,
 # its turn. More than a handful of rounds means something is wrong, not busy.
 MAX_TURN_ATTEMPTS = 5
 STATUS_CASES_SHOWN = 3
+# What the customer is told once their answer to a case is recorded, by the event it became.
+CASE_REPLY_ACKS: dict[str, str] = {
+    "customer_answer": "answer_relayed", "customer_agreed": "solution_agreed",
+    "customer_declined": "solution_declined", "satisfied": "satisfaction_thanks",
+    "dissatisfied": "satisfaction_reopened",
+}
 
 
 @dataclass(frozen=True)
@@ -154,8 +161,8 @@ class IntakeService:
                 uow.add_evidence(channel=message.channel, customer_id=message.customer_id, kind=attachment.kind,
                                  file_ref=attachment.file_ref, file_name=attachment.file_name, mime=attachment.mime,
                                  caption=message.text or None, channel_message_id=message.message_id, at=now)
-            turn = step(previous or new_state(now), message.text, now=now, catalog=self.catalog,
-                        attachments=len(message.attachments))
+            turn = step(self._still_awaited(uow, previous) if previous else new_state(now), message.text, now=now,
+                        catalog=self.catalog, attachments=len(message.attachments))
             state = turn.state
             if state.transcript_from is None and (previous is None or previous.transcript_from is None):
                 # The first message of a new intake; a turn that just reset the intake (case opened,
@@ -167,6 +174,7 @@ class IntakeService:
             context: dict[str, Any] = {}
             case: CaseRecord | None = None
             queued = False
+            replies = list(turn.replies)
             for effect in turn.effects:
                 if isinstance(effect, OpenCase):
                     transcript = self._transcript(uow, message, previous)
@@ -175,14 +183,17 @@ class IntakeService:
                     context["case_number"] = case.number
                 elif isinstance(effect, LookUpCases):
                     context.update(self._status_context(uow, message, effect))
-                elif isinstance(effect, CaseReply) and self.casework is not None:
-                    self.casework.customer_reply(uow, effect.number, effect.kind, effect.text,
-                                                 channel=message.channel, customer_id=message.customer_id,
-                                                 score=effect.score, agrees=effect.agrees, now=now)
-                    queued = True
+                elif isinstance(effect, CaseReply):
+                    event = self.casework.customer_reply(
+                        uow, effect.number, effect.kind, effect.text, channel=message.channel,
+                        customer_id=message.customer_id, score=effect.score, agrees=effect.agrees,
+                        now=now) if self.casework is not None else None
+                    queued = queued or event is not None
+                    replies.append(Reply(CASE_REPLY_ACKS[event], {"number": effect.number, "score": effect.score})
+                                   if event is not None else Reply("not_understood"))
             outbound = [self.renderer.message(reply.template, {**reply.context, **context},
                                               [(c.payload, c.label) for c in reply.choices])
-                        for reply in turn.replies]
+                        for reply in replies]
             uow.record_outbound(channel=message.channel, customer_id=message.customer_id,
                                 texts=[m.text for m in outbound], in_reply_to=inbound_id, at=now)
             if message.push_to is not None:
@@ -191,6 +202,17 @@ class IntakeService:
                                 payload=reply.as_payload(), case_id=case.id if case else None, at=now)
                 queued = queued or bool(outbound)
         return TurnOutcome(outbound, state, case), queued
+
+    @staticmethod
+    def _still_awaited(reader: Reader, state: DialogState) -> DialogState:
+        """Forget an awaited answer the case no longer waits for (agreed by phone, closed, ...)."""
+        awaited = state.awaiting_case
+        if awaited is None:
+            return state
+        case = reader.get_case(awaited.number)
+        if case is not None and Status(case.status) in AWAITS_ANSWER.get(awaited.kind, frozenset()):
+            return state
+        return state.model_copy(update={"awaiting_case": None})
 
     def _notify_staff(self, uow: UnitOfWork, case: CaseRecord, now: datetime) -> bool:
         """Queue the new-case notices in the case's own transaction: a case is never silently unnotified."""

@@ -253,8 +253,14 @@ class StaffService:
                               expected_version=record.version, at=self.clock())
 
     def customer_reply(self, uow: UnitOfWork, number: str, kind: str, text: str, *, channel: str, customer_id: str,
-                       score: int | None, agrees: bool | None, now: datetime) -> CaseRecord | None:
-        """The customer's answer to what staff asked, proposed or the satisfaction question."""
+                       score: int | None, agrees: bool | None, now: datetime) -> str | None:
+        """The customer's answer to what staff asked, proposed or the satisfaction question.
+
+        Returns the timeline event it became (``customer_answer``, ``customer_agreed``/``declined``,
+        ``satisfied``/``dissatisfied``), which decides what the customer is told; None if nothing
+        was recorded. An agreement counts only while the proposal it answers is the one on the
+        case: once a new proposal waits for approval it is relayed to the owner as an answer.
+        """
         case = uow.get_case(number)
         if case is None or (case.channel, case.customer_id) != (channel, customer_id):
             return None  # only a case's own customer answers for it
@@ -275,9 +281,11 @@ class StaffService:
                 changes |= self.deadlines.reopened(now)
         updated = uow.update_case(case_id=case.id, expected_status=None, changes=changes,
                                   event=(event, "customer", data), at=now)
-        if updated is not None and updated.owner:
+        if updated is None:
+            return None
+        if updated.owner:
             self._tell_owner(uow, updated, event, text, score)
-        return updated
+        return event
 
     def _tell_owner(self, uow: UnitOfWork, case: CaseRecord, event: str, text: str, score: int | None) -> None:
         message = OutboundMessage(self.renderer.render("staff/customer_replied", {

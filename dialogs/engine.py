@@ -117,7 +117,12 @@ class OpenCase:
 
 @dataclass(frozen=True)
 class CaseReply:
-    """The customer answered staff's question, a proposed solution or the satisfaction follow-up."""
+    """The customer answered staff's question, a proposed solution or the satisfaction follow-up.
+
+    The turn carries no acknowledgement for it: what the customer is told depends on what the case
+    made of the answer (a proposal replaced meanwhile turns "同意" into a relayed answer), which only
+    the service applying the effect knows.
+    """
 
     number: str
     kind: str
@@ -287,15 +292,11 @@ def _answer_case(turn: _Turn, awaited: AwaitingCase, text: str) -> Turn:
             turn.say("satisfaction_ask_again", number=awaited.number)
             return turn.done()
         turn.effects.append(CaseReply(awaited.number, awaited.kind, text, score=score))
-        turn.say("satisfaction_thanks" if score >= 3 else "satisfaction_reopened", number=awaited.number, score=score)
     elif awaited.kind == "solution":
         agrees = True if _AGREE.match(text) else False if _DISAGREE.search(text) else None
         turn.effects.append(CaseReply(awaited.number, awaited.kind, text, agrees=agrees))
-        turn.say({True: "solution_agreed", False: "solution_declined", None: "answer_relayed"}[agrees],
-                 number=awaited.number)
     else:
         turn.effects.append(CaseReply(awaited.number, awaited.kind, text))
-        turn.say("answer_relayed", number=awaited.number)
     s.awaiting_case = None
     return turn.done()
 

@@ -295,3 +295,39 @@ def test_classifying_needs_a_known_nature_or_grade(intake: IntakeService, staff:
     result = staff.act(case.number, Action.CLASSIFY, SPECIALIST, **values)
     assert result.refusal == "staff/classify_what"
     assert "classify" not in events(store, case)
+
+
+def test_agreeing_to_a_proposal_that_was_replaced_meanwhile_is_relayed_not_taken_as_agreement(
+        intake: IntakeService, staff: StaffService, store: Store) -> None:
+    case = open_case(intake)
+    staff.claim(case.number, SPECIALIST, telegram_chat=None)
+    staff.act(case.number, Action.PROPOSE, SPECIALIST, text="更换扶手", codes=("exchange",))
+    revised = staff.act(case.number, Action.PROPOSE, SPECIALIST, text="更换扶手并补偿300元",
+                        codes=("exchange", "compensation"), amount=Decimal(300))
+    assert revised.case is not None and revised.case.status == "awaiting_approval"
+    assert say(intake, "同意") == [f"收到，您的回复已转给投诉 {case.number} 的负责人。"]
+    assert store.get_case(case.number).status == "awaiting_approval"  # type: ignore[union-attr]
+    assert events(store, case)[-1] == "customer_answer"
+
+
+def test_after_staff_record_the_agreement_the_customers_next_message_is_an_ordinary_one(
+        intake: IntakeService, staff: StaffService, store: Store) -> None:
+    case = open_case(intake)
+    staff.claim(case.number, SPECIALIST, telegram_chat=None)
+    staff.act(case.number, Action.PROPOSE, SPECIALIST, text="更换扶手", codes=("exchange",))
+    staff.act(case.number, Action.AGREE, SPECIALIST, text="顾客电话里同意")
+    assert say(intake, "好的，谢谢") == [Renderer().render("thanks", {})]
+    assert events(store, case)[-1] == "agree"
+    assert store.get_case(case.number).status == "agreed"  # type: ignore[union-attr]
+
+
+def test_a_score_after_the_case_was_closed_by_staff_opens_no_question(intake: IntakeService, staff: StaffService,
+                                                                     store: Store) -> None:
+    case = open_case(intake)
+    staff.claim(case.number, SPECIALIST, telegram_chat=None)
+    staff.act(case.number, Action.RESOLVE, SPECIALIST, text="已上门维修")
+    staff.act(case.number, Action.CLOSE, SPECIALIST)
+    assert not any("评价" in reply for reply in say(intake, "5"))
+    closed = store.get_case(case.number)
+    assert closed is not None and closed.status == "closed" and closed.satisfaction is None
+    assert "satisfied" not in events(store, case)
