@@ -22,8 +22,8 @@ What it measures
       warn      ``--warn`` (default 0.5 %), inside the scanner's 2 h warning lead, not warned yet;
       warned    ``--warned`` (default: lead / 24 h of the rest, ~8.2 %, what a uniform spread of the
                 next day's deadlines puts inside the lead), inside the lead and already warned by an
-                earlier pass (the ``deadline_warning`` event is on the timeline): the steady state,
-                since a case stays in ``cases_due`` from its warning until its due;
+                earlier pass (the ``deadline_warning`` event on the timeline, the ``<deadline>_warned_due``
+                marker on the row): the steady state, each waiting from its warning until its due;
       later     the rest, due later within the next 24 h.
     The finished ones are closed, rejected or in follow-up with their deadlines cleared, except
     10 % of the closed, which keep stale past deadlines (the partial indexes must skip them). The
@@ -32,36 +32,39 @@ What it measures
     tell (the escalation messages name the managers).
 
     Then, with the clock at a fixed ``now``:
-      cases_due          ``Store.cases_due(now, limit=500)``, the scanner's query, ``--repeats``
-                         times (p50, min, max; the rows it returned), also at ``now`` + 2 h (what
-                         the scanner asks: the warning lead) and at ``now`` + 30 days (every open
-                         case is due: the query must still read only ~limit rows per deadline);
-      query plan         the indexes the plan of that statement names (EXPLAIN / EXPLAIN QUERY PLAN),
-                         and whether it scans the cases table;
-      first pass         one ``DeadlineScanner.scan(now)`` by a new scanner built like
-                         ``bot.app.build_scanner``: wall time, what it did (warned, escalated,
-                         reminded at the top level, cleared, conflicts), outbox messages queued,
-                         its ``cases_due`` calls (and the rows they returned) and timeline reads,
-                         their share of the time, and the cost per case acted on;
-      second pass        the same scanner again right away: it should find nothing new (OK /
-                         UNEXPECTED), so this is the cost of a no-op pass, what ``kesu serve`` pays
-                         every ``deadline_scan_seconds`` (60 s) in the steady state;
-      fresh scanner      a new ``DeadlineScanner`` (another ``kesu serve`` process, or one after a
-                         restart) at the same ``now``: nothing to do either, but it has no memory of
-                         the warnings it saw, so it reads the timeline of every warned case once.
+      cases_due          ``Store.cases_due(now, limit=500)`` ``--repeats`` times (p50, min, max; the
+                         rows it returned), also with ``warn_until`` = ``now`` + 2 h (what the scanner
+                         asks: the warning lead) and at ``now`` + 30 days (every open case is due:
+                         the query must still read only ~limit rows per deadline);
+      query plan         the indexes the plan of the scanner's statement names (EXPLAIN / EXPLAIN
+                         QUERY PLAN), and whether it scans the cases table;
+      escalating pass    one ``DeadlineScanner.scan(now)`` by a scanner without a warning lead, so
+                         it only escalates (the overdue cases, and reminds those at the top level):
+                         wall time, what it did (warned, escalated, reminded, cleared, conflicts),
+                         outbox messages queued (staff, the managers' private chats, customers), its
+                         ``cases_due`` calls (and the rows they returned), their share of the time,
+                         and the cost per case acted on;
+      warning pass       then a scanner built like ``bot.app.build_scanner``: the escalated cases
+                         are rescheduled out of reach, so it warns the cases inside the lead that
+                         were not warned yet;
+      no-op pass         the same scanner again right away: it should find nothing new (OK /
+                         UNEXPECTED), so this is what ``kesu serve`` pays every
+                         ``deadline_scan_seconds`` (60 s) in the steady state;
+      fresh scanner      a new ``DeadlineScanner`` (another ``kesu serve`` process, a cron
+                         ``kesu deadlines scan``, or one after a restart) at the same ``now``: the
+                         warned state is on the rows, so it should cost what the no-op pass costs.
 
 How to read it
     One process, loopback only, one thread: the scanner runs each case in its own transaction, so
-    a pass that acts costs ~ (cases acted on) x (one small write transaction + rendering 1-2
+    a pass that acts costs ~ (cases acted on) x (one small write transaction + rendering 1-3
     templates) on top of what a pass that does nothing costs. That no-op cost is what ``kesu serve``
-    pays every 60 s, and it is not set by the open cases but by the cases inside the warning lead:
-    a warned case keeps coming back from ``cases_due`` until its due, and when a batch holds nothing
-    new the scanner reads again with twice the limit (up to 64 x 500), so a pass reads those cases
-    about four times over, as whole rows with their transcripts (the "rows" figure). A scanner
-    that has not seen them yet (the first pass, a fresh process) also reads each one's timeline to
-    learn it was warned. ``cases_due`` itself is bounded by its ``limit``, not by the open cases:
-    compare the ``now`` and ``now + 30 d`` rows. "ms per case" is the whole pass divided by the
-    cases acted on; "writing + rendering" leaves out the ``cases_due`` calls and timeline reads.
+    pays every 60 s. Warned cases have left the partial indexes ``cases_due`` reads for warnings,
+    and escalated ones are rescheduled past the lead, so it is one ``cases_due`` call returning
+    nothing, however many cases wait inside the lead (before migration 0004 they came back in every
+    pass, four times over, and a fresh process read each one's timeline). ``cases_due`` itself is
+    bounded by its ``limit``, not by the open cases: compare the ``now`` and ``now + 30 d`` rows.
+    "ms per case" is the whole pass divided by the cases acted on; "writing + rendering" leaves out
+    the ``cases_due`` calls.
 
     PostgreSQL gets an ANALYZE after the load (autovacuum would run one shortly after such a
     load); SQLite gets none, as in a deployment. Loading time is printed for information only.
@@ -84,7 +87,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -98,11 +101,11 @@ from sqlalchemy import event, func, insert, make_url, select, text
 from turn_throughput import DEFAULT_PG_URL, check_loopback, fresh_database, percentile
 
 from bot.config import Settings
-from bot.deadlines import ESCALATED, STILL_OVERDUE, WARNED, DeadlineScanner, ScanResult
+from bot.deadlines import ESCALATED, STILL_OVERDUE, WARNED, DeadlinePolicy, DeadlineScanner, ScanResult
 from bot.templating import Renderer
 from dialogs.catalog import Catalog, demo_catalog_path
 from storage.case_numbers import format_case_number
-from storage.models import NATURES, case_counters, case_events, cases, outbox
+from storage.models import CASE_WARNED_DUES, NATURES, case_counters, case_events, cases, outbox
 from storage.repository import Store, shanghai_day
 
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)  # Monday 10:00 in Shanghai, no holiday near
@@ -261,6 +264,7 @@ class RowBuilder:
             "expectation": wants, "transcript": transcript,
             "owner": None, "owner_name": None, "claimed_at": None, "unrouted": False, "nature": None, "solution": None,
             "first_contact_due": None, "next_update_due": None, "resolution_due": None,
+            **dict.fromkeys(CASE_WARNED_DUES.values()),
             "first_contacted_at": None, "resolved_at": None, "closed_at": None, "satisfaction": None,
             "escalation_level": 0, "version": 2,  # opened, then its deadlines set (IntakeService._open_case)
         }
@@ -341,6 +345,7 @@ class RowBuilder:
                        "data": {"deadline": deadline, "due": _iso(plan.due), "level": row["escalation_level"],
                                 "notified": ["owner"] if row["owner"] else ["mall"]},
                        "created_at": at})
+        row[CASE_WARNED_DUES[f"{deadline}_due"]] = plan.due
         row["version"] += 1
         row["updated_at"] = at
 
@@ -363,9 +368,10 @@ class RowBuilder:
             events.append({"case_id": row["id"], "kind": ESCALATED, "actor": "kesu",
                            "data": {"deadline": "next_update", "due": _iso(missed), "level": step,
                                     "next_due": _iso(missed + ESCALATION_STEP), "notified": ["mall", "owner"],
-                                    "managers": []},
+                                    "managers": [], "customer_told": True},
                            "created_at": missed})
             row["updated_at"] = missed
+        row["next_update_warned_due"] = plan.due  # the last escalation's rescheduling: no warning for it
 
 
 def _priority(draw: float) -> str:
@@ -462,7 +468,7 @@ def time_calls(function: Callable[[], Any], repeats: int) -> tuple[list[float], 
     return sorted(times), result
 
 
-def plan_summary(store: Store, now: datetime, limit: int) -> str:
+def plan_summary(store: Store, now: datetime, warn_until: datetime, limit: int) -> str:
     """The indexes the plan of the scanner's statement names, and whether it reads the whole cases table."""
     captured: list[tuple[str, Any]] = []
 
@@ -471,7 +477,7 @@ def plan_summary(store: Store, now: datetime, limit: int) -> str:
 
     event.listen(store.engine, "before_cursor_execute", grab)
     try:
-        store.cases_due(now=now, limit=limit)
+        store.cases_due(now=now, warn_until=warn_until, limit=limit)
     finally:
         event.remove(store.engine, "before_cursor_execute", grab)
     statement, parameters = captured[-1]
@@ -493,17 +499,15 @@ class PassFigures:
     due_calls: int
     due_rows: int
     due_s: float
-    timeline_reads: int
-    timeline_s: float
 
     def acted_cases(self) -> int:
         return len({action.number for action in self.result.actions})
 
 
 def counted_pass(label: str, scanner: DeadlineScanner, store: Store, now: datetime) -> PassFigures:
-    """One scan with its ``cases_due`` calls and timeline reads counted and timed (wrapping this store only)."""
-    calls = {"due": 0, "due_rows": 0, "due_s": 0.0, "events": 0, "events_s": 0.0}
-    plain_due, plain_events = store.cases_due, store.get_case_events
+    """One scan with its ``cases_due`` calls counted and timed (wrapping this store only)."""
+    calls = {"due": 0, "due_rows": 0, "due_s": 0.0}
+    plain_due = store.cases_due
 
     def cases_due(**kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -513,24 +517,16 @@ def counted_pass(label: str, scanner: DeadlineScanner, store: Store, now: dateti
         calls["due_rows"] += len(rows)
         return rows
 
-    def get_case_events(case_id: int) -> Any:
-        started = time.perf_counter()
-        try:
-            return plain_events(case_id)
-        finally:
-            calls["events"] += 1
-            calls["events_s"] += time.perf_counter() - started
-
     before = outbox_count(store)
-    store.cases_due, store.get_case_events = cases_due, get_case_events  # type: ignore[method-assign]
+    store.cases_due = cases_due  # type: ignore[method-assign]
     try:
         started = time.perf_counter()
         result = scanner.scan(now)
         wall = time.perf_counter() - started
     finally:
-        del store.cases_due, store.get_case_events  # back to the class's methods
+        del store.cases_due  # back to the class's method
     return PassFigures(label, wall, result, outbox_count(store) - before, int(calls["due"]), int(calls["due_rows"]),
-                       calls["due_s"], int(calls["events"]), calls["events_s"])
+                       calls["due_s"])
 
 
 def outbox_count(store: Store) -> int:
@@ -541,17 +537,16 @@ def outbox_count(store: Store) -> int:
 def print_pass(figures: PassFigures, expect_nothing: bool) -> None:
     r = figures.result
     acted = figures.acted_cases()
-    line = (f"  {figures.label:<15}{figures.wall_s * 1000:>10.1f} ms  warned {r.count(WARNED):>5}  escalated "
+    line = (f"  {figures.label:<16}{figures.wall_s * 1000:>10.1f} ms  warned {r.count(WARNED):>5}  escalated "
             f"{r.count(ESCALATED):>5}  reminded {r.count(STILL_OVERDUE):>4}  cleared {r.count('cleared'):>3}  "
             f"conflicts {r.conflicts}  outbox +{figures.outbox_added}")
     if expect_nothing:
         line += "  " + ("OK (nothing new)" if not r.actions and not figures.outbox_added
                         else f"UNEXPECTED: {len(r.actions)} actions")
     print(line)
-    detail = (f"    cases_due x{figures.due_calls} ({figures.due_rows} rows) {figures.due_s * 1000:.1f} ms, "
-              f"timeline reads x{figures.timeline_reads} {figures.timeline_s * 1000:.1f} ms")
+    detail = f"    cases_due x{figures.due_calls} ({figures.due_rows} rows) {figures.due_s * 1000:.1f} ms"
     if acted:
-        rest = figures.wall_s - figures.due_s - figures.timeline_s
+        rest = figures.wall_s - figures.due_s
         detail += (f"; {acted} cases acted on: {figures.wall_s / acted * 1000:.2f} ms per case "
                    f"({rest / acted * 1000:.2f} ms of it writing + rendering)")
     print(detail)
@@ -574,16 +569,23 @@ def run_backend(url: str, rows: Rows, catalog: Catalog, renderer: Renderer, args
         print(f"  loaded in {load_s:.1f} s ({rows.cases / load_s:.0f} cases/s with their events, "
               f"{len(rows.chunks)} transactions)")
 
-        print(f"  {'cases_due(limit=500)':<34}{'p50 ms':>8} {'min':>7} {'max':>7}  rows")
-        for label, at in (("now", NOW), ("now + 2 h (the scanner's)", NOW + WARNING_LEAD),
-                          ("now + 30 d (every open case)", NOW + 30 * DAY)):
-            times, found = time_calls(partial(store.cases_due, now=at, limit=500), args.repeats)
-            print(f"  {label:<34}{percentile(times, 50):>8.2f} {times[0]:>7.2f} {times[-1]:>7.2f}  {len(found)}")
-        print(f"  query plan: {plan_summary(store, NOW + WARNING_LEAD, 500)}")
+        print(f"  {'cases_due(limit=500)':<38}{'p50 ms':>8} {'min':>7} {'max':>7}  rows")
+        for label, at, warn_until in (("now", NOW, NOW), ("now, warn 2 h ahead (the scanner's)", NOW,
+                                                          NOW + WARNING_LEAD),
+                                      ("now + 30 d (every open case)", NOW + 30 * DAY, NOW + 30 * DAY)):
+            times, found = time_calls(partial(store.cases_due, now=at, warn_until=warn_until, limit=500),
+                                      args.repeats)
+            print(f"  {label:<38}{percentile(times, 50):>8.2f} {times[0]:>7.2f} {times[-1]:>7.2f}  {len(found)}")
+        print(f"  query plan: {plan_summary(store, NOW, NOW + WARNING_LEAD, 500)}")
 
+        # Without a warning lead a scanner only escalates: the overdue cases, and nothing else.
+        overdue_only = DeadlineScanner(store, catalog, bench_settings(), renderer, clock=lambda: NOW,
+                                       policy=replace(DeadlinePolicy.from_settings(bench_settings()),
+                                                      warning_lead=timedelta(0)))
+        print_pass(counted_pass("escalating pass", overdue_only, store, NOW), expect_nothing=False)
         scanner = DeadlineScanner(store, catalog, bench_settings(), renderer, clock=lambda: NOW)
-        print_pass(counted_pass("first pass", scanner, store, NOW), expect_nothing=False)
-        print_pass(counted_pass("second pass", scanner, store, NOW), expect_nothing=True)
+        print_pass(counted_pass("warning pass", scanner, store, NOW), expect_nothing=False)
+        print_pass(counted_pass("no-op pass", scanner, store, NOW), expect_nothing=True)
         fresh = DeadlineScanner(store, catalog, bench_settings(), renderer, clock=lambda: NOW)
         print_pass(counted_pass("fresh scanner", fresh, store, NOW), expect_nothing=True)
     finally:

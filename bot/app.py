@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from bot.config import Settings
-from bot.deadlines import DeadlineScanner
+from bot.deadlines import DeadlinePolicy, DeadlineScanner
 from bot.notify import StaffNotifier
 from bot.service import IntakeService
 from bot.staff import StaffService
@@ -25,7 +25,8 @@ class ConfigurationError(Exception):
 
 def build_renderer(settings: Settings) -> Renderer:
     overrides = [settings.templates_dir] if settings.templates_dir else []
-    return Renderer(overrides, locale=settings.locale)
+    return Renderer(overrides, locale=settings.locale,
+                    promises=DeadlinePolicy.from_settings(settings).promises_by_grade())
 
 
 def build_store(settings: Settings) -> Store:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -20,7 +20,7 @@ app = typer.Typer(help="Kesu (客诉): complaint intake for home-furnishing mall
                   add_completion=False, pretty_exceptions_enable=False)
 cases_app = typer.Typer(help="Look at cases as staff would.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-case_app = typer.Typer(help="Work a case as staff: claim, note, ask, progress, propose, approve, resolve, …",
+case_app = typer.Typer(help="Work a case as staff: claim, classify, note, ask, progress, propose, approve, resolve, …",
                        no_args_is_help=True)
 app.add_typer(cases_app, name="cases")
 app.add_typer(case_app, name="case")
@@ -240,8 +240,10 @@ DropPendingOption = Annotated[bool, typer.Option(
     "--drop-pending", help="Discard the updates Telegram is still holding for the bot.")]
 
 
-def _telegram_call(action: str, call: Callable[[Settings], Coroutine[object, object, object]],
-                   settings: Settings) -> object:
+T = TypeVar("T")
+
+
+def _telegram_call(action: str, call: Callable[[Settings], Coroutine[object, object, T]], settings: Settings) -> T:
     import asyncio
 
     from telegram.error import TelegramError
@@ -258,11 +260,18 @@ def _telegram_call(action: str, call: Callable[[Settings], Coroutine[object, obj
 
 @telegram_app.command("set-webhook")
 def telegram_set_webhook(drop_pending: DropPendingOption = False) -> None:
-    """Register KESU_PUBLIC_URL/telegram/webhook with Telegram, with KESU_TELEGRAM_WEBHOOK_SECRET."""
+    """Register KESU_PUBLIC_URL/telegram/webhook with Telegram, with KESU_TELEGRAM_WEBHOOK_SECRET, and the "/" menu."""
+    from bot.app import build_renderer
     from handlers.telegram import set_webhook
 
-    url = _telegram_call("set-webhook", lambda s: set_webhook(s, drop_pending_updates=drop_pending), _settings())
+    url, menu_set = _telegram_call(
+        "set-webhook", lambda s: set_webhook(s, build_renderer(s), drop_pending_updates=drop_pending), _settings())
     typer.echo(f"webhook set: {url}")
+    if menu_set:
+        typer.echo("command menu set")
+    else:  # the webhook works without it
+        typer.echo("kesu telegram set-webhook: command menu not set (Telegram refused or was unreachable); "
+                   "`kesu serve` sets it again when it starts", err=True)
 
 
 @telegram_app.command("delete-webhook")
@@ -308,6 +317,8 @@ RoleOption = Annotated[str | None, typer.Option(
     "front_desk_manager, deputy_store_manager, store_manager, operations_vp.")]
 NatureOption = Annotated[str | None, typer.Option(
     "--nature", help="Classify the case: quality, service, sales or delivery.")]
+PriorityOption = Annotated[str | None, typer.Option(
+    "--priority", help="Grade the case: normal, important or major (major alerts the escalation groups at once).")]
 
 
 def _act(action_name: str, number: str, text: str, actor: str | None, name: str | None, nature: str | None,
@@ -315,13 +326,16 @@ def _act(action_name: str, number: str, text: str, actor: str | None, name: str 
     """Run one staff action and print what happened; a refusal exits 1 with the reason."""
     from bot.app import build_renderer, build_staff_service, build_store
     from bot.lifecycle import ROLES, Action
-    from bot.staff import StaffMember
+    from bot.staff import StaffMember, split_promise
     from dialogs.catalog import load_catalog
+    from storage.models import NATURES, PRIORITIES
 
     if role is not None and role not in ROLES:
         raise typer.BadParameter(f"one of {', '.join(ROLES)}", param_hint="--role")
     if nature is not None and nature not in NATURES:
         raise typer.BadParameter(f"one of {', '.join(NATURES)}", param_hint="--nature")
+    if extra.get("priority") is not None and extra["priority"] not in PRIORITIES:
+        raise typer.BadParameter(f"one of {', '.join(PRIORITIES)}", param_hint="--priority")
     settings = _settings(db=db)
     renderer = build_renderer(settings)
     staff = build_staff_service(settings, build_store(settings), load_catalog(settings.catalog), renderer,
@@ -335,14 +349,14 @@ def _act(action_name: str, number: str, text: str, actor: str | None, name: str 
             raise typer.Exit(1)
         typer.echo(renderer.render("staff/claimed", {"case": claimed.case, "won": claimed.won}))
         return
+    if action_name in (Action.PROGRESS, Action.ASK):  # "48h 品牌方已安排检测": the next update is promised
+        promise, text = split_promise(text)
+        extra["next_update"] = staff.clock() + promise if promise else None
     result = staff.act(number, Action(action_name), member, telegram_chat=None, text=text, nature=nature, **extra)
     if not result.ok or result.case is None:
         typer.echo(renderer.render(result.refusal or "staff/case_not_found", result.detail), err=True)
         raise typer.Exit(1)
     typer.echo(renderer.render("staff/action_done", {"case": result.case, "action": action_name}))
-
-
-NATURES = ("quality", "service", "sales", "delivery")
 
 
 def _text_command(action_name: str, summary: str) -> None:
@@ -362,8 +376,10 @@ for _name, _summary in (
     ("claim", "Take ownership of a new case (first claimer owns it)."),
     ("verify", "Start verifying: receipts, photos, the order."),
     ("note", "Add an internal note; the customer does not see it."),
-    ("ask", "Ask the customer a question; their answer comes back to the case."),
-    ("progress", "Tell the customer about progress."),
+    ("ask", "Ask the customer a question; their answer comes back to the case. A leading '48h ' or '3天 ' "
+            "promises the next update within that time."),
+    ("progress", "Tell the customer about progress. A leading '48h ' or '3天 ' promises the next update within "
+                 "that time (default: KESU_NEXT_UPDATE_HOURS)."),
     ("approve", "Approve a proposed refund/compensation within your limit; the customer is then told."),
     ("agree", "Record that the customer agreed to the proposed solution."),
     ("resolve", "Mark the case resolved; the customer gets the result and the satisfaction question."),
@@ -391,6 +407,16 @@ def case_propose(
         raise typer.BadParameter("a number of yuan", param_hint="--amount") from error
     _act("propose", number, text, actor, name, nature, db, role,
          codes=tuple(code for code in codes.split(",") if code), amount=value)
+
+
+@case_app.command("classify")
+def case_classify(
+    number: Annotated[str, typer.Argument(help="Case number.")],
+    nature: NatureOption = None, priority: PriorityOption = None,
+    actor: ActorOption = None, name: NameOption = None, role: RoleOption = None, db: DbOption = None,
+) -> None:
+    """Classify the case by nature and/or grade it 一般/重要/重大; the status stays as it is."""
+    _act("classify", number, "", actor, name, nature, db, role, priority=priority)
 
 
 @case_app.command("reassign")

@@ -5,8 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PrioritySla(BaseModel):
+    """One grade's promises where they differ from the deployment's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    first_contact_hours: float | None = Field(default=None, gt=0)
+    next_update_hours: float | None = Field(default=None, gt=0)
+    resolution_days: float | None = Field(default=None, gt=0)
 
 
 class Settings(BaseSettings):
@@ -71,6 +81,9 @@ class Settings(BaseSettings):
     resolution_clock: Literal["calendar", "business"] = "calendar"
     holidays: Path | None = Field(
         default=None, description="Holiday YAML (format: bot/data/holidays_cn.yaml); the built-in one when unset")
+    sla_by_priority: dict[Literal["normal", "important", "major"], PrioritySla] = Field(
+        default_factory=dict, description='Shorter (or longer) promises per grade, e.g. KESU_SLA_BY_PRIORITY='
+        '\'{"major": {"first_contact_hours": 2, "resolution_days": 3}}\'; unset ones use the values above')
     deadline_warning_hours: float = Field(default=2, ge=0, description="Warn the owner this long before a deadline")
     escalation_step_hours: float = Field(
         default=8, gt=0, description="After an escalation, the next level hears it if the promise is still unkept")

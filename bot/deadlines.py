@@ -31,21 +31,33 @@ is installed; a deployer adds next year's seven holidays to a file the day the S
 publishes them, and can add local closures too. A year the file does not have counts Monday to
 Friday as working days (logged once).
 
-The scanner (``DeadlineScanner.scan``): for each case with a deadline within the warning lead
-(default 2 h), in its own transaction guarded by the case's version (``update_case(expected_version=
-...)``), so several ``kesu serve`` processes or a cron ``kesu deadlines scan`` beside them write each
-step once:
+The scanner (``DeadlineScanner.scan``): for each case with a deadline passed, or within the warning
+lead (default 2 h) and not warned for yet, in its own transaction guarded by the case's version
+(``update_case(expected_version=...)``), so several ``kesu serve`` processes or a cron ``kesu deadlines
+scan`` beside them write each step once:
 
 - before a deadline: one warning to the owner (their private Telegram chat when the owner is
   ``telegram:<id>``, otherwise the mall's staff groups; unclaimed cases go to the mall's groups).
-  The ``deadline_warning`` event, keyed by the deadline and its due, is the marker that it was sent.
+  The ``deadline_warning`` event, keyed by the deadline and its due, records it; the row keeps the
+  same fact as ``<deadline>_warned_due`` = that due (migration 0004), which ``Reader.cases_due``
+  filters on through partial indexes. So a pass with nothing to do reads empty index ranges, in a
+  long-lived process or a fresh one alike, however many warned cases wait for their due. Holding the
+  due rather than a flag, the marker needs no upkeep elsewhere: whatever moves a deadline (a staff
+  action, a reopen, a new grade) makes its warning owed again without knowing about warnings.
 - after it: escalate one level (0 owner → 1 mall manager → 2 escalation group): ``escalation_level``
   +1 and an ``escalated`` event saying which deadline, which due and who was told; the messages go to
   the owner, the mall's staff groups (naming its store and deputy store managers from the staff
-  directory) and, at level 2, the mall's and the deployment's escalation groups. The missed deadline
-  is rescheduled ``escalation_step`` (default 8 h) later: still unkept then, it escalates again. At the
-  top level the escalation groups are reminded every ``escalation_repeat`` (default 24 h) with a
-  ``still_overdue`` event, the level staying 2. Rescheduled dues get no new warning.
+  directory; at level 1 those on Telegram also get it in their private chat) and, at level 2, the
+  mall's and the deployment's escalation groups. The missed deadline is rescheduled
+  ``escalation_step`` (default 8 h) later and marked warned (the escalation was the news, so
+  rescheduled dues get no new warning): still unkept then, it escalates again. At the top level the
+  escalation groups are reminded every ``escalation_repeat`` (default 24 h) with a ``still_overdue``
+  event, the level staying 2.
+- the customer: when the missed deadline is a promise they were given in words (first contact, next
+  update; the resolution target is internal), each level's escalation also tells them, in the same
+  transaction, that we are sorry for the wait and that the mall's management will contact them
+  (``push_to_customer``), and the event records ``customer_told``. That message is not contact: the
+  promise stays pending until staff reach them.
 
 Everything queued goes through the outbox in the same transaction as the case change.
 """
@@ -67,11 +79,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.config import Settings
+from bot.customer_push import push_to_customer
 from bot.lifecycle import Action, Status
 from bot.notify import VIEW, mask_mobiles
 from bot.outbound import Button, OutboundMessage
 from bot.templating import Renderer
 from dialogs.catalog import Catalog, Mall, StaffEntry, StaffGroups
+from storage.models import CASE_WARNED_DUES, PRIORITIES
 from storage.repository import CaseEventRecord, CaseRecord, Store, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -91,7 +105,7 @@ ESCALATED = "escalated"
 STILL_OVERDUE = "still_overdue"
 TOP_LEVEL = 2  # 0 owner, 1 mall manager, 2 escalation group
 MANAGER_ROLES = ("store_manager", "deputy_store_manager")
-MAX_BATCH_GROWTH = 64  # a pass reads at most 64 batches' worth of cases waiting, warned, for their due
+MAX_BATCH_GROWTH = 64  # a pass reads at most 64 batches' worth of cases that someone else changed first
 
 # Staff actions whose message reaches the customer (or records that someone talked to them).
 CONTACT_ACTIONS = frozenset({Action.ASK, Action.PROGRESS, Action.PROPOSE, Action.APPROVE, Action.AGREE,
@@ -239,9 +253,17 @@ class DeadlinePolicy:
     escalation_step: timedelta = timedelta(hours=8)
     escalation_repeat: timedelta = timedelta(hours=24)
     calendar: HolidayCalendar = field(default_factory=lambda: load_holidays(None))
+    by_priority: Mapping[str, Mapping[str, timedelta]] = field(default_factory=dict)
+    """Per grade (normal/important/major), the deadlines that run shorter or longer than the above."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeadlinePolicy:
+        by_priority: dict[str, Mapping[str, timedelta]] = {
+            priority: {name: amount for name, amount in (
+                ("first_contact", sla.first_contact_hours and timedelta(hours=sla.first_contact_hours)),
+                ("next_update", sla.next_update_hours and timedelta(hours=sla.next_update_hours)),
+                ("resolution", sla.resolution_days and timedelta(days=sla.resolution_days))) if amount}
+            for priority, sla in settings.sla_by_priority.items()}
         return cls(
             first_contact=timedelta(hours=settings.first_contact_hours),
             next_update=timedelta(hours=settings.next_update_hours),
@@ -252,23 +274,52 @@ class DeadlinePolicy:
             escalation_step=timedelta(hours=settings.escalation_step_hours),
             escalation_repeat=timedelta(hours=settings.escalation_repeat_hours),
             calendar=load_holidays(settings.holidays),
+            by_priority=by_priority,
         )
 
-    def due(self, deadline: str, start: datetime) -> datetime:
+    def amount(self, deadline: str, priority: str = "normal") -> timedelta:
+        """How long the promise ``deadline`` runs for a case of this grade."""
+        default = {"first_contact": self.first_contact, "next_update": self.next_update,
+                   "resolution": self.resolution}[deadline]
+        return self.by_priority.get(priority, {}).get(deadline, default)
+
+    def promises(self, priority: str = "normal") -> dict[str, dict[str, Any]]:
+        """What templates say the customer is promised: per deadline, its hours and whether they are working days."""
+        return {name: {"hours": self.amount(name, priority).total_seconds() / 3600,
+                       "business": self.clocks.get(name, "calendar") == "business"} for name in DEADLINES}
+
+    def promises_by_grade(self) -> dict[str, dict[str, Any]]:
+        return {priority: self.promises(priority) for priority in PRIORITIES}
+
+    def due(self, deadline: str, start: datetime, priority: str = "normal") -> datetime:
         """When the promise ``deadline`` made at ``start`` falls due, on that deadline's clock."""
-        amount = {"first_contact": self.first_contact, "next_update": self.next_update,
-                  "resolution": self.resolution}[deadline]
+        amount = self.amount(deadline, priority)
         if self.clocks.get(deadline, "calendar") == "business":
             return self.calendar.add_working_time(start, amount)
         return (start + amount).astimezone(UTC)
 
-    def opened(self, at: datetime) -> dict[str, Any]:
+    def opened(self, at: datetime, priority: str = "normal") -> dict[str, Any]:
         """The promises a new case starts with (``update_case`` changes)."""
-        return {"first_contact_due": self.due("first_contact", at), "resolution_due": self.due("resolution", at)}
+        return {"first_contact_due": self.due("first_contact", at, priority),
+                "resolution_due": self.due("resolution", at, priority)}
 
-    def reopened(self, at: datetime) -> dict[str, Any]:
+    def reopened(self, at: datetime, priority: str = "normal") -> dict[str, Any]:
         """A reopened case owes the customer news and a resolution again."""
-        return {"next_update_due": self.due("next_update", at), "resolution_due": self.due("resolution", at)}
+        return {"next_update_due": self.due("next_update", at, priority),
+                "resolution_due": self.due("resolution", at, priority)}
+
+    def regraded(self, case: CaseRecord, priority: str) -> dict[str, Any]:
+        """A new grade moves the promises still pending from the case's opening to that grade's durations.
+
+        A reopened case's resolution counts from the reopening, which the case row does not keep: it
+        stays as it is (as does the next update, promised to the customer in so many words).
+        """
+        changes: dict[str, Any] = {}
+        if case.first_contact_due is not None:
+            changes["first_contact_due"] = self.due("first_contact", case.created_at, priority)
+        if case.resolution_due is not None and case.status != Status.REOPENED:
+            changes["resolution_due"] = self.due("resolution", case.created_at, priority)
+        return {key: value for key, value in changes.items() if getattr(case, key) != value}
 
     def after_action(self, case: CaseRecord, action: Action, status: str, at: datetime, *,
                      promised_update: datetime | None = None) -> dict[str, Any]:
@@ -278,15 +329,16 @@ class DeadlinePolicy:
         time the staff member gave the customer for the next news, instead of ``next_update`` from now.
         """
         changes: dict[str, Any] = {}
+        priority = case.fields.get("priority") or "normal"
         reached = action in CONTACT_ACTIONS and status != Status.AWAITING_APPROVAL  # a held proposal is unseen
         if reached:
             if case.first_contacted_at is None:
                 changes["first_contacted_at"] = at
             if case.first_contact_due is not None:
                 changes["first_contact_due"] = None
-            changes["next_update_due"] = promised_update or self.due("next_update", at)
+            changes["next_update_due"] = promised_update or self.due("next_update", at, priority)
         if action is Action.REOPEN:
-            changes |= self.reopened(at)
+            changes |= self.reopened(at, priority)
         if status in NOTHING_OWED:
             changes |= dict.fromkeys(DEADLINES.values())
         return {key: value for key, value in changes.items() if key.endswith("_at") or getattr(case, key) != value}
@@ -316,6 +368,12 @@ def promise_outcome(case: CaseRecord, events: Sequence[CaseEventRecord], deadlin
 
 # --------------------------------------------------------------------------- the scanner
 
+# The promises the customer was given in words (the intake script: contact and news within 24 h), so
+# missing one is theirs to hear about. The resolution target is internal: they were never told it.
+CUSTOMER_PROMISES = frozenset({"first_contact", "next_update"})
+# Audiences reached in a person's private chat, where staff buttons do not work (groups only).
+PRIVATE_AUDIENCES = frozenset({"owner", "manager"})
+
 
 @dataclass(frozen=True)
 class ScanAction:
@@ -340,7 +398,7 @@ class ScanResult:
 
 @dataclass(frozen=True)
 class _Delivery:
-    audience: str  # "owner" | "mall" | "escalation"
+    audience: str  # "owner" | "mall" | "manager" | "escalation"
     channel: str
     target: str
 
@@ -362,9 +420,6 @@ class DeadlineScanner:
         self.interval = settings.deadline_scan_seconds
         self.fallback = _groups(settings.fallback_telegram_chat, settings.fallback_wecom_key)
         self.escalation = _groups(settings.escalation_telegram_chat, settings.escalation_wecom_key)
-        # (case id, version, deadline) whose warning the timeline showed as sent: skips re-reading the
-        # timeline on the next scans of this process. Only an optimisation; a new process reads again.
-        self._warned: set[tuple[int, int, str]] = set()
 
     # ------------------------------------------------------------------ running
 
@@ -383,26 +438,26 @@ class DeadlineScanner:
             await asyncio.sleep(self.interval)
 
     def scan(self, now: datetime | None = None) -> ScanResult:
-        """One pass over the cases with a deadline before ``now`` + the warning lead."""
+        """One pass over the cases with a deadline passed, or within the warning lead and not warned for."""
         now = now or self.clock()
         result = ScanResult()
         seen: set[int] = set()
         limit = self.batch
         while True:
-            due = self.store.cases_due(now=now + self.policy.warning_lead, limit=limit)
+            due = self.store.cases_due(now=now, warn_until=now + self.policy.warning_lead, limit=limit)
             fresh = [case for case in due if case.id not in seen]
             for case in fresh:
                 seen.add(case.id)
                 self._work(case, now, result)
             if len(due) < limit:
                 break
-            # A full batch may hide more cases behind it. Escalated ones leave the front (rescheduled),
-            # warned ones stay until due: when a batch brought nothing new, look further (bounded).
+            # A full batch may hide more cases behind it. The ones acted on leave the ranges (warned,
+            # rescheduled or cleared); a case someone else changed first may stay: when a batch brought
+            # nothing new, look further (bounded).
             if not fresh:
                 if limit >= self.batch * MAX_BATCH_GROWTH:
                     break
                 limit *= 2
-        self._warned = {key for key in self._warned if key[0] in seen}
         if any(action.kind != "cleared" for action in result.actions):
             self.on_outbox()
         return result
@@ -434,14 +489,10 @@ class DeadlineScanner:
         overdue = [name for due, name in dues if due <= now]
         if overdue:
             return ESCALATED, overdue[0]
-        events: list[CaseEventRecord] | None = None
         for due, name in dues:
-            if due > now + self.policy.warning_lead or (case.id, case.version, name) in self._warned:
-                continue
-            events = self.store.get_case_events(case.id) if events is None else events
-            if not _handled(events, name, due):
+            warned = getattr(case, CASE_WARNED_DUES[DEADLINES[name]])
+            if due <= now + self.policy.warning_lead and warned != due:
                 return WARNED, name
-            self._warned.add((case.id, case.version, name))
         return None
 
     @staticmethod
@@ -472,7 +523,8 @@ class DeadlineScanner:
         data = {"deadline": deadline, "due": _iso(due), "level": case.escalation_level,
                 "notified": sorted({d.audience for d in deliveries})}
         updated = uow.update_case(case_id=case.id, expected_status=None, expected_version=case.version,
-                                  changes={}, event=(WARNED, "kesu", data), at=now)
+                                  changes={CASE_WARNED_DUES[DEADLINES[deadline]]: due}, event=(WARNED, "kesu", data),
+                                  at=now)
         if updated is None:
             return None
         minutes = max(int((due - now).total_seconds() // 60), 0)
@@ -497,6 +549,9 @@ class DeadlineScanner:
             deliveries.append(_Delivery("owner", "telegram", owner_chat))
         if not top:
             deliveries += self._to_groups("mall", [self._mall_groups(mall)])
+        if level == 1:  # the managers named in the groups' text also hear it in their own chat
+            deliveries += [_Delivery("manager", "telegram", chat) for entry in managers
+                           if (chat := _telegram_user(entry.id))]
         if level >= TOP_LEVEL:
             higher = self._to_groups("escalation", [mall.escalation if mall else StaffGroups(), self.escalation])
             if not higher and top:  # no escalation group anywhere: keep reminding the mall
@@ -504,21 +559,29 @@ class DeadlineScanner:
             deliveries += higher
         deliveries = _unique(deliveries)
         kind = STILL_OVERDUE if top else ESCALATED
+        tell_customer = not top and deadline in CUSTOMER_PROMISES
         data: dict[str, Any] = {"deadline": deadline, "due": _iso(due), "level": level, "next_due": _iso(next_due),
                                 "notified": sorted({d.audience for d in deliveries}),
-                                "managers": [entry.name for entry in managers]}
-        changes: dict[str, Any] = {column: next_due}
+                                "managers": [entry.name for entry in managers], "customer_told": tell_customer}
+        # The rescheduled due gets no warning: the escalation was the news.
+        changes: dict[str, Any] = {column: next_due, CASE_WARNED_DUES[column]: next_due}
         if not top:
             changes["escalation_level"] = level
         updated = uow.update_case(case_id=case.id, expected_status=None, expected_version=case.version,
                                   changes=changes, event=(kind, "kesu", data), at=now)
         if updated is None:
             return None
+        mall_name = mall.name if mall else updated.fields.get("mall")
         context = {"case": updated, "deadline": deadline, "due": due, "level": level, "repeat": top,
                    "next_due": next_due if level < TOP_LEVEL else None,
                    "managers": [{"name": entry.name, "role": entry.role} for entry in managers],
-                   "mall_name": mall.name if mall else updated.fields.get("mall")}
+                   "mall_name": mall_name}
         self._enqueue(uow, updated, "escalation", "deadline/escalated", context, deliveries, now)
+        if tell_customer:
+            message = self.renderer.message("deadline/customer_escalated",
+                                            {"case": updated, "deadline": deadline, "level": level,
+                                             "mall_name": mall_name})
+            push_to_customer(uow, updated, message, now)
         result.actions.append(ScanAction(case.number, kind, deadline, level, due))
         return updated
 
@@ -545,7 +608,7 @@ class DeadlineScanner:
                 rendered = self.renderer.render(template, {**context, "audience": delivery.audience})
                 texts[delivery.audience] = mask_mobiles(rendered)
             buttons: tuple[tuple[Button, ...], ...] = ()
-            if delivery.channel == "telegram" and delivery.audience != "owner":  # a group: /case in one tap
+            if delivery.channel == "telegram" and delivery.audience not in PRIVATE_AUDIENCES:  # /case in one tap
                 buttons = ((Button(self.renderer.button_label(VIEW), f"{VIEW}:{case.number}"),),)
             message = OutboundMessage(texts[delivery.audience], buttons)
             uow.enqueue(kind=kind, channel=delivery.channel, target=delivery.target, payload=message.as_payload(),
@@ -565,21 +628,11 @@ def _telegram_user(owner: str | None) -> str | None:
 
 
 def _unique(deliveries: Iterable[_Delivery]) -> list[_Delivery]:
-    """One message per chat: the first audience that names it wins (owner, then mall, then escalation)."""
+    """One message per chat: the first audience that names it wins (owner, mall, manager, escalation).
+
+    So a manager who owns the case gets the owner's text, once.
+    """
     seen: dict[tuple[str, str], _Delivery] = {}
     for delivery in deliveries:
         seen.setdefault((delivery.channel, delivery.target), delivery)
     return list(seen.values())
-
-
-def _handled(events: Sequence[CaseEventRecord], deadline: str, due: datetime) -> bool:
-    """A warning for this deadline and due was sent, or this due is an escalation's rescheduling."""
-    stamp = _iso(due)
-    for event in events:
-        if event.data.get("deadline") != deadline:
-            continue
-        if event.kind == WARNED and event.data.get("due") == stamp:
-            return True
-        if event.kind in (ESCALATED, STILL_OVERDUE) and event.data.get("next_due") == stamp:
-            return True
-    return False

@@ -20,6 +20,7 @@ from bot.staff import StaffService
 from bot.templating import Renderer
 from dialogs.catalog import Catalog
 from dialogs.engine import CaseReply, DialogState, LookUpCases, OpenCase, Reply, new_state, step
+from dialogs.extraction.nature import suggest_nature
 from dialogs.extraction.priority import PRIORITY_ORDER
 from dialogs.fields import FIELD_KEYS, from_state_value
 from storage.case_numbers import find_case_number
@@ -157,12 +158,15 @@ class IntakeService:
                 earlier = uow.replies_for(message.channel, message.customer_id, message.message_id or "")
                 return TurnOutcome([OutboundMessage(text) for text in earlier or []], previous or new_state(now),
                                    duplicate=True), False
+            before = self._still_awaited(uow, previous) if previous else new_state(now)
+            evidence_case = self._evidence_case(uow, message, before) if message.attachments else None
             for attachment in message.attachments:
                 uow.add_evidence(channel=message.channel, customer_id=message.customer_id, kind=attachment.kind,
                                  file_ref=attachment.file_ref, file_name=attachment.file_name, mime=attachment.mime,
-                                 caption=message.text or None, channel_message_id=message.message_id, at=now)
-            turn = step(self._still_awaited(uow, previous) if previous else new_state(now), message.text, now=now,
-                        catalog=self.catalog, attachments=len(message.attachments))
+                                 caption=message.text or None, channel_message_id=message.message_id, at=now,
+                                 case_id=evidence_case.id if evidence_case else None)
+            turn = step(before, message.text, now=now, catalog=self.catalog, attachments=len(message.attachments),
+                        evidence_case=evidence_case.number if evidence_case else None)
             state = turn.state
             if state.transcript_from is None and (previous is None or previous.transcript_from is None):
                 # The first message of a new intake; a turn that just reset the intake (case opened,
@@ -175,6 +179,9 @@ class IntakeService:
             case: CaseRecord | None = None
             queued = False
             replies = list(turn.replies)
+            if evidence_case is not None and self.casework is not None:
+                queued = self.casework.customer_evidence(uow, evidence_case, [a.kind for a in message.attachments],
+                                                         now=now)
             for effect in turn.effects:
                 if isinstance(effect, OpenCase):
                     transcript = self._transcript(uow, message, previous)
@@ -204,6 +211,18 @@ class IntakeService:
         return TurnOutcome(outbound, state, case), queued
 
     @staticmethod
+    def _evidence_case(reader: Reader, message: InboundMessage, state: DialogState) -> CaseRecord | None:
+        """The open case files sent outside an intake are for: the one awaiting an answer, else the newest."""
+        if state.fields:
+            return None  # a complaint is being told: the files join the case it opens
+        if state.awaiting_case is not None:
+            awaited = reader.get_case(state.awaiting_case.number)
+            if awaited is not None:
+                return awaited
+        open_cases = reader.open_cases_for_customer(message.channel, message.customer_id)
+        return open_cases[0] if open_cases else None
+
+    @staticmethod
     def _still_awaited(reader: Reader, state: DialogState) -> DialogState:
         """Forget an awaited answer the case no longer waits for (agreed by phone, closed, ...)."""
         awaited = state.awaiting_case
@@ -230,9 +249,12 @@ class IntakeService:
         case = uow.open_case(CaseDraft(channel=message.channel, customer_id=message.customer_id,
                                        conversation_id=conversation_id, fields=effect.fields,
                                        transcript=transcript, opened_at=now, unrouted=not routed))
-        # The first-contact and resolution deadlines start with the case, in its transaction.
+        # The first-contact and resolution deadlines start with the case, in its transaction, and its
+        # nature is guessed from the customer's words (staff correct it with /classify).
+        nature = suggest_nature(case.fields.get("description"), case.fields.get("expectation"))
         case = uow.update_case(case_id=case.id, expected_status=None, expected_version=case.version,
-                               changes=self.deadlines.opened(now), event=None, at=now) or case
+                               changes={**self.deadlines.opened(now, case.fields["priority"]), "nature": nature},
+                               event=None, at=now) or case
         uow.attach_evidence(channel=message.channel, customer_id=message.customer_id, case_id=case.id)
         if effect.priority_reasons:
             uow.add_case_event(case_id=case.id, kind="graded", actor="kesu",

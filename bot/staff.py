@@ -13,15 +13,16 @@ Authorization and the lifecycle live here, not in adapters:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from bot.config import Settings
 from bot.customer_push import push_to_customer
-from bot.deadlines import DeadlinePolicy
+from bot.deadlines import CONTACT_ACTIONS, DeadlinePolicy
 from bot.lifecycle import (
     DEFAULT_LIMITS,
     MONEY_CODES,
@@ -39,6 +40,23 @@ from dialogs.catalog import Catalog
 from dialogs.engine import AwaitingCase, DialogState
 from storage.models import NATURES, PRIORITIES
 from storage.repository import CaseRecord, Store, UnitOfWork
+
+CUSTOMER_LEFT = "customer_unsubscribed"
+# "48h 品牌方已安排检测" / "3天 …": when the next news is promised, written before the message.
+_PROMISE = re.compile(r"^\s*(?P<count>\d{1,3})\s*(?P<unit>h|小时|d|天)\s+(?P<rest>.*)$",
+                      re.DOTALL | re.IGNORECASE)
+# A next update promised further out than this is a typo (a year for a month), not a promise.
+MAX_PROMISE = timedelta(days=30)
+
+
+def split_promise(text: str) -> tuple[timedelta | None, str]:
+    """("48h 品牌方已安排检测") → (48 hours, "品牌方已安排检测"): staff name the next update in front."""
+    match = _PROMISE.match(text)
+    if match is None:
+        return None, text
+    count = int(match["count"])
+    amount = timedelta(days=count) if match["unit"].lower() in ("d", "天") else timedelta(hours=count)
+    return amount, match["rest"].strip()
 
 
 @dataclass(frozen=True)
@@ -130,8 +148,13 @@ class StaffService:
 
     def act(self, number: str, action: Action, member: StaffMember, *, telegram_chat: int | None = None,
             text: str = "", codes: tuple[str, ...] = (), amount: Decimal | None = None, to: str | None = None,
-            nature: str | None = None, priority: str | None = None) -> ActionResult:
-        """Any staff action but claim; refusals come back as template names, never exceptions."""
+            nature: str | None = None, priority: str | None = None,
+            next_update: datetime | None = None) -> ActionResult:
+        """Any staff action but claim; refusals come back as template names, never exceptions.
+
+        ``next_update``: when the customer was told to expect the next news (a progress update that
+        names it); the deadline then follows that promise instead of the default interval.
+        """
         case = self.store.get_case(number)
         if case is None:
             return ActionResult(None, "staff/case_not_found")
@@ -147,15 +170,18 @@ class StaffService:
         except NotAllowedNow:
             return ActionResult(case, "staff/not_now", {"action": action.value, "state": case.status})
         now = self.clock()
+        if next_update is not None and (action not in CONTACT_ACTIONS or not now < next_update <= now + MAX_PROMISE):
+            return ActionResult(case, "staff/next_update_invalid", {"action": action.value})
         with self.store.unit_of_work() as uow:
             result = self._apply(uow, case, action, target, member, now, text=text, codes=codes, amount=amount,
-                                 to=to, nature=nature, priority=priority)
+                                 to=to, nature=nature, priority=priority, next_update=next_update)
         self.on_outbox()
         return result
 
     def _apply(self, uow: UnitOfWork, case: CaseRecord, action: Action, target: Status | None,
                member: StaffMember, now: datetime, *, text: str, codes: tuple[str, ...], amount: Decimal | None,
-               to: str | None, nature: str | None, priority: str | None) -> ActionResult:
+               to: str | None, nature: str | None, priority: str | None,
+               next_update: datetime | None) -> ActionResult:
         changes: dict[str, Any] = {}
         data: dict[str, Any] = {"by": member.name}
         customer: tuple[str, dict[str, Any], str | None] | None = None  # template, context, awaited reply kind
@@ -207,12 +233,18 @@ class StaffService:
         raised_to_major = priority == "major" and case.fields.get("priority") != "major"
         if priority is not None and priority != case.fields.get("priority"):
             changes["priority"] = data["priority"] = priority
+            changes |= self.deadlines.regraded(case, priority)
             data["from_priority"] = case.fields.get("priority")
+        if action is Action.CLASSIFY and not changes:
+            return ActionResult(case, detail=data)  # already so: nothing to record or announce
         if target is not None:
             changes["status"] = target.value
         if case.owner is None and action is not Action.NOTE and action is not Action.REASSIGN:
             changes |= {"owner": member.id, "owner_name": member.name}  # whoever acts first owns it
-        changes |= self.deadlines.after_action(case, action, changes.get("status", case.status), now)
+        if next_update is not None:
+            data["next_update"] = next_update.isoformat()
+        changes |= self.deadlines.after_action(case, action, changes.get("status", case.status), now,
+                                               promised_update=next_update)
         updated = uow.update_case(case_id=case.id, expected_status=case.status, expected_version=case.version,
                                   changes=changes, event=(action.value, member.id, data), at=now)
         if updated is None:
@@ -278,7 +310,7 @@ class StaffService:
                 event, changes["status"], changes["closed_at"] = "satisfied", Status.CLOSED.value, now
             else:
                 event, changes["status"] = "dissatisfied", Status.REOPENED.value
-                changes |= self.deadlines.reopened(now)
+                changes |= self.deadlines.reopened(now, case.fields.get("priority") or "normal")
         updated = uow.update_case(case_id=case.id, expected_status=None, changes=changes,
                                   event=(event, "customer", data), at=now)
         if updated is None:
@@ -286,6 +318,37 @@ class StaffService:
         if updated.owner:
             self._tell_owner(uow, updated, event, text, score)
         return event
+
+    def customer_evidence(self, uow: UnitOfWork, case: CaseRecord, file_kinds: Sequence[str], *,
+                          now: datetime) -> bool:
+        """Photos or files (one kind per file) the customer sent for an open case: on its timeline, and
+        the owner hears of them. Returns whether a message was queued.
+        """
+        data = {"count": len(file_kinds), "kinds": sorted(set(file_kinds))}
+        uow.add_case_event(case_id=case.id, kind="customer_evidence", actor="customer", data=data, at=now)
+        if not case.owner:
+            return False
+        self._to_owner(uow, case, OutboundMessage(self.renderer.render("staff/customer_evidence",
+                                                                       {"case": case, **data})))
+        return True
+
+    def customer_left(self, channel: str, customer_id: str) -> list[CaseRecord]:
+        """The customer can no longer be messaged (unfollowed the Official Account): every open case
+        records it and its owner (or the mall's groups) is told to phone them. A platform retry of the
+        same notice records nothing twice. Returns the cases that recorded it."""
+        now = self.clock()
+        recorded: list[CaseRecord] = []
+        with self.store.unit_of_work() as uow:
+            for case in uow.open_cases_for_customer(channel, customer_id):
+                latest = uow.get_case_events(case.id)[-1:]
+                if latest and latest[0].kind == CUSTOMER_LEFT:
+                    continue
+                uow.add_case_event(case_id=case.id, kind=CUSTOMER_LEFT, actor="customer", data={}, at=now)
+                self._to_owner(uow, case, OutboundMessage(self.renderer.render("staff/customer_left", {"case": case})))
+                recorded.append(case)
+        if recorded:
+            self.on_outbox()
+        return recorded
 
     def _tell_owner(self, uow: UnitOfWork, case: CaseRecord, event: str, text: str, score: int | None) -> None:
         message = OutboundMessage(self.renderer.render("staff/customer_replied", {

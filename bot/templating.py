@@ -8,7 +8,7 @@ re-parses, so "{{ 7*7 }}" typed by a customer is shown, not evaluated.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -67,10 +67,19 @@ def pad(value: object, width: int) -> str:
     return text + " " * max(width - cells, 0)
 
 
+def default_promises() -> dict[str, dict[str, Any]]:
+    from bot.deadlines import DeadlinePolicy  # deadlines renders with a Renderer: imported late, not at load
+
+    return DeadlinePolicy().promises_by_grade()
+
+
 class Renderer:
     """Renders reply templates for one locale; deployer directories override file by file."""
 
-    def __init__(self, override_dirs: Sequence[Path] = (), locale: str = "zh-CN") -> None:
+    def __init__(self, override_dirs: Sequence[Path] = (), locale: str = "zh-CN",
+                 promises: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """``promises``: per grade, what each deadline promises (``DeadlinePolicy.promises``); the
+        defaults when None. Templates say "24小时内" from it, so a deployment's 12 h reads as 12 h."""
         roots = [*override_dirs, BUILTIN_TEMPLATES]
         self.env = Environment(
             loader=ChoiceLoader([FileSystemLoader(str(root / locale)) for root in roots]),
@@ -82,6 +91,7 @@ class Renderer:
         )
         self.env.filters.update(mask_phone=mask_phone, money=money, cn_date=cn_date, cn_time=cn_time, pad=pad,
                                 mask_target=mask_target)
+        self.env.globals["promises"] = promises if promises is not None else default_promises()
 
     def render(self, template: str, context: dict[str, Any]) -> str:
         text = self.env.get_template(f"{template}.j2").render(**context)

@@ -170,8 +170,13 @@ def new_state(now: datetime, *, greeted: bool = False) -> DialogState:
     return DialogState(last_seen=now, greeted=greeted)
 
 
-def step(state: DialogState, message: str, *, now: datetime, catalog: Catalog, attachments: int = 0) -> Turn:
-    """Process one customer message; `attachments` counts the photos/files that came with it."""
+def step(state: DialogState, message: str, *, now: datetime, catalog: Catalog, attachments: int = 0,
+         evidence_case: str | None = None) -> Turn:
+    """Process one customer message; `attachments` counts the photos/files that came with it.
+
+    `evidence_case`: the open case they join when no intake is under way (the service looks it up):
+    a photo sent after the case was opened is for that case, not the start of a new complaint.
+    """
     turn = _Turn(state.model_copy(deep=True), now, catalog)
     s = turn.state
     returning = s.last_seen is not None and now - s.last_seen > RESUME_AFTER and bool(s.fields)
@@ -184,7 +189,11 @@ def step(state: DialogState, message: str, *, now: datetime, catalog: Catalog, a
         turn.say("welcome_back")
     if len(text) > MAX_EXTRACT_CHARS:
         turn.say("long_message", limit=MAX_EXTRACT_CHARS)
-    if attachments:
+    if attachments and evidence_case is not None and not s.fields:
+        turn.say("evidence_added", count=attachments, number=evidence_case)
+        if not text:
+            return turn.done()
+    elif attachments:
         turn.say("evidence_received", count=attachments)
         if not text:
             return _prompt(turn)

@@ -31,7 +31,7 @@ import logging
 import secrets
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -288,97 +288,26 @@ class ValidateComplaintForm(_UsesIntakeService, FormValidationAction):  # type: 
         _say(reading, dispatcher, about=slot)
         return {**reading.updates, slot: reading.slots.get(slot)}
 
-    # rasa-sdk finds these by name: one extract_/validate_ pair per slot of the form.
-    def extract_description(self, dispatcher: CollectingDispatcher, tracker: Tracker,
-                            domain: DomainDict) -> dict[str, Any]:
-        return self._extract("description", tracker)
 
-    def validate_description(self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
-                             domain: DomainDict) -> dict[str, Any]:
-        return self._validate("description", dispatcher, tracker)
+def _slot_methods(slot: str) -> tuple[Callable[..., dict[str, Any]], Callable[..., dict[str, Any]]]:
+    """The ``extract_<slot>``/``validate_<slot>`` pair rasa-sdk looks up by name (``getattr``)."""
 
-    def extract_name(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> dict[str, Any]:
-        return self._extract("name", tracker)
+    def extract(self: ValidateComplaintForm, dispatcher: CollectingDispatcher, tracker: Tracker,
+                domain: DomainDict) -> dict[str, Any]:
+        return self._extract(slot, tracker)
 
-    def validate_name(self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
-                      domain: DomainDict) -> dict[str, Any]:
-        return self._validate("name", dispatcher, tracker)
+    def validate(self: ValidateComplaintForm, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
+                 domain: DomainDict) -> dict[str, Any]:
+        return self._validate(slot, dispatcher, tracker)
 
-    def extract_phone(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> dict[str, Any]:
-        return self._extract("phone", tracker)
+    return extract, validate
 
-    def validate_phone(self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
-                       domain: DomainDict) -> dict[str, Any]:
-        return self._validate("phone", dispatcher, tracker)
 
-    def extract_mall(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> dict[str, Any]:
-        return self._extract("mall", tracker)
-
-    def validate_mall(self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
-                      domain: DomainDict) -> dict[str, Any]:
-        return self._validate("mall", dispatcher, tracker)
-
-    def extract_brand(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> dict[str, Any]:
-        return self._extract("brand", tracker)
-
-    def validate_brand(self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
-                       domain: DomainDict) -> dict[str, Any]:
-        return self._validate("brand", dispatcher, tracker)
-
-    def extract_purchase_date(self, dispatcher: CollectingDispatcher, tracker: Tracker,
-                              domain: DomainDict) -> dict[str, Any]:
-        return self._extract("purchase_date", tracker)
-
-    def validate_purchase_date(self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
-                               domain: DomainDict) -> dict[str, Any]:
-        return self._validate("purchase_date", dispatcher, tracker)
-
-    def extract_amount(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> dict[str, Any]:
-        return self._extract("amount", tracker)
-
-    def validate_amount(self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
-                        domain: DomainDict) -> dict[str, Any]:
-        return self._validate("amount", dispatcher, tracker)
-
-    def extract_delivery_date(self, dispatcher: CollectingDispatcher, tracker: Tracker,
-                              domain: DomainDict) -> dict[str, Any]:
-        return self._extract("delivery_date", tracker)
-
-    def validate_delivery_date(self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
-                               domain: DomainDict) -> dict[str, Any]:
-        return self._validate("delivery_date", dispatcher, tracker)
-
-    def extract_delivery_address(self, dispatcher: CollectingDispatcher, tracker: Tracker,
-                                 domain: DomainDict) -> dict[str, Any]:
-        return self._extract("delivery_address", tracker)
-
-    def validate_delivery_address(self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
-                                  domain: DomainDict) -> dict[str, Any]:
-        return self._validate("delivery_address", dispatcher, tracker)
-
-    def extract_order_no(self, dispatcher: CollectingDispatcher, tracker: Tracker,
-                         domain: DomainDict) -> dict[str, Any]:
-        return self._extract("order_no", tracker)
-
-    def validate_order_no(self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
-                          domain: DomainDict) -> dict[str, Any]:
-        return self._validate("order_no", dispatcher, tracker)
-
-    def extract_over_warranty(self, dispatcher: CollectingDispatcher, tracker: Tracker,
-                              domain: DomainDict) -> dict[str, Any]:
-        return self._extract("over_warranty", tracker)
-
-    def validate_over_warranty(self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
-                               domain: DomainDict) -> dict[str, Any]:
-        return self._validate("over_warranty", dispatcher, tracker)
-
-    def extract_expectation(self, dispatcher: CollectingDispatcher, tracker: Tracker,
-                            domain: DomainDict) -> dict[str, Any]:
-        return self._extract("expectation", tracker)
-
-    def validate_expectation(self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
-                             domain: DomainDict) -> dict[str, Any]:
-        return self._validate("expectation", dispatcher, tracker)
+# One pair per slot of the form, from the slot table (dialogs/fields.py): a new field needs no code here.
+for _slot in FORM_SLOTS:
+    _extract_slot, _validate_slot = _slot_methods(_slot)
+    setattr(ValidateComplaintForm, f"extract_{_slot}", _extract_slot)
+    setattr(ValidateComplaintForm, f"validate_{_slot}", _validate_slot)
 
 
 def _transcript(tracker: Tracker, now: datetime) -> list[dict[str, str]]:

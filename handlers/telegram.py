@@ -10,13 +10,17 @@ Telegram sends) or, for deployments without a public URL, by long polling inside
   ``TelegramSender`` (never lost when Telegram is slow or says 429);
 - a group is staff: the buttons on staff messages (认领 / 查看详情 on new-case notifications, 开始核实
   after a claim, 审批通过 on an approval request) and the commands ``/case``, ``/help`` and one per
-  staff action (``/note``, ``/ask``, ``/progress``, ``/verify``, ``/propose``, ``/approve``,
-  ``/agree``, ``/resolve``, ``/reject``, ``/reassign``, ``/close``, ``/reopen``; syntax in
-  ``parse_case_command`` / ``parse_proposal`` and in templates/…/staff/_commands.j2). Each calls
+  staff action (``/classify``, ``/note``, ``/ask``, ``/progress``, ``/verify``, ``/propose``,
+  ``/approve``, ``/agree``, ``/resolve``, ``/reject``, ``/reassign``, ``/close``, ``/reopen``; syntax
+  in ``parse_case_command`` / ``parse_proposal`` / ``parse_classification`` and in
+  templates/…/staff/_commands.j2). Each calls
   ``StaffService``, which decides who may do what; on top of that a command or button only counts
   in a staff group serving the case's mall, so a customer's private chat never reaches a staff
   action (a customer typing "/resolve …" is just a customer message). Other group messages are
   ignored, never taken as a complaint.
+
+Telegram's "/" menu lists the staff commands in groups and /start in private chats; it is set at
+start-up and by ``kesu telegram set-webhook`` (``set_command_menu``).
 
 Every Bot API call goes through one ``ExtBot`` with ``AIORateLimiter``: ~30 messages/s overall and
 ~20/min per group, and a 429 is retried after Telegram's ``retry_after``. Staff groups also have
@@ -47,6 +51,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from telegram import (
+    BotCommand,
+    BotCommandScope,
+    BotCommandScopeAllGroupChats,
+    BotCommandScopeAllPrivateChats,
     CallbackQuery,
     Chat,
     InlineKeyboardButton,
@@ -72,12 +80,12 @@ from telegram.warnings import PTBDeprecationWarning
 
 from bot.config import Settings
 from bot.dispatch import MaybeDelivered, RetryLater, Throttled, Undeliverable
-from bot.lifecycle import MONEY_CODES, Action, Status
+from bot.lifecycle import MONEY_CODES, SOLUTION_CODES, Action, Status
 from bot.notify import CLAIM, VIEW, mask_mobiles
 from bot.outbound import Button, OutboundMessage
 from bot.server import ChannelAdapter
 from bot.service import Attachment, InboundMessage, IntakeService
-from bot.staff import ActionResult, StaffMember, StaffService
+from bot.staff import ActionResult, StaffMember, StaffService, split_promise
 from bot.templating import Renderer
 from storage.case_numbers import find_case_number, normalize_case_number
 from storage.repository import CaseEventRecord, CaseRecord
@@ -116,21 +124,34 @@ CASE = "case"
 HELP = ("help", "start")
 # One command per staff action, named as the action (the CLI's `kesu case <action>` too).
 ACTION_COMMANDS: dict[str, Action] = {action.value: action for action in (
-    Action.VERIFY, Action.NOTE, Action.ASK, Action.PROGRESS, Action.PROPOSE, Action.APPROVE, Action.AGREE,
-    Action.RESOLVE, Action.REJECT, Action.REASSIGN, Action.CLOSE, Action.REOPEN)}
+    Action.CLASSIFY, Action.VERIFY, Action.NOTE, Action.ASK, Action.PROGRESS, Action.PROPOSE, Action.APPROVE,
+    Action.AGREE, Action.RESOLVE, Action.REJECT, Action.REASSIGN, Action.CLOSE, Action.REOPEN)}
+# Telegram's "/" menu: staff commands in groups, /start in private chats (customers write in their own
+# words; the intake recognises "查询投诉" and a case number without a command). Descriptions: telegram_menu.j2.
+STAFF_MENU = (CASE, *ACTION_COMMANDS, HELP[0])
+CUSTOMER_MENU = ("start",)
 # Staff buttons: "<action>:<case number>" (≤ 64 bytes). Claim and view come with new-case notifications;
 # verify follows a claim, approve an approval request.
 VERIFY = Action.VERIFY.value
 APPROVE = Action.APPROVE.value
 BUTTON_ACTIONS: dict[str, Action] = {VERIFY: Action.VERIFY, APPROVE: Action.APPROVE}
 
-# Solution codes for /propose: the expectation codes, in English or in the words staff use.
-SOLUTION_CODES = frozenset({"return", "exchange", "repair", "refund", "compensation", "apology", "inspection",
-                            "deliver", "other"})
+# Solution codes for /propose: the expectation codes (bot.lifecycle.SOLUTION_CODES) or the words staff use.
 SOLUTION_WORDS: dict[str, str] = {
     "退款": "refund", "退钱": "refund", "退货": "return", "换货": "exchange", "换新": "exchange", "维修": "repair",
     "赔偿": "compensation", "补偿": "compensation", "道歉": "apology", "上门检测": "inspection", "检测": "inspection",
     "鉴定": "inspection", "送货": "deliver", "安装": "deliver", "其他": "other"}
+# /classify: the words staff use for a case's nature (storage.models.NATURES) and grade (PRIORITIES);
+# the codes themselves work too. A refusal lists them (staff/classify_words).
+NATURE_WORDS: dict[str, tuple[str, ...]] = {
+    "quality": ("质量", "产品质量"), "service": ("服务",), "sales": ("销售", "价格", "宣传"),
+    "delivery": ("送货", "安装", "物流", "送货安装")}
+PRIORITY_WORDS: dict[str, tuple[str, ...]] = {"normal": ("一般",), "important": ("重要",), "major": ("重大",)}
+_CLASSIFY_CODES: dict[str, tuple[str, str]] = {
+    word.lower(): (kind, code) for kind, table in (("nature", NATURE_WORDS), ("priority", PRIORITY_WORDS))
+    for code, words in table.items() for word in (code, *words)}
+# Longest first, so words typed together ("送货安装重大") split into the longest words they contain.
+_CLASSIFY_WORD = re.compile("|".join(sorted(map(re.escape, _CLASSIFY_CODES), key=len, reverse=True)), re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- the Bot
@@ -298,6 +319,38 @@ def parse_proposal(argument: str) -> tuple[tuple[str, ...], Decimal | None, str]
     return tuple(codes), amount, rest
 
 
+@dataclass(frozen=True)
+class Classification:
+    """What ``/classify KS… <words>`` asks for: a nature and/or a grade, or why it cannot be read."""
+
+    nature: str | None
+    priority: str | None
+    unknown: tuple[str, ...] = ()  # words that are neither
+    conflicting: bool = False  # two different natures or two different grades
+
+
+def parse_classification(argument: str) -> Classification:
+    """``送货 重大``, ``major quality``, ``产品质量，一般`` or ``送货安装重要``: in any order, either or both.
+
+    Words are separated by spaces or commas, or typed together; 送货 and 安装 both mean delivery,
+    so writing both is no conflict.
+    """
+    found: dict[str, list[str]] = {"nature": [], "priority": []}
+    unknown: list[str] = []
+    for token in _CODE_SEPARATORS.sub(" ", argument).split():
+        words = [match.group() for match in _CLASSIFY_WORD.finditer(token)]
+        if "".join(words) != token:
+            unknown.append(token)
+            continue
+        for word in words:
+            kind, code = _CLASSIFY_CODES[word.lower()]
+            if code not in found[kind]:
+                found[kind].append(code)
+    natures, priorities = found["nature"], found["priority"]
+    return Classification(natures[0] if natures else None, priorities[0] if priorities else None, tuple(unknown),
+                          len(natures) > 1 or len(priorities) > 1)
+
+
 def staff_button(payload: str) -> tuple[str, str] | None:
     """("claim", "KS…") from a staff button's payload; None for anything else (customers' buttons)."""
     action, _, number = payload.partition(":")
@@ -310,6 +363,41 @@ def _member(message: Message) -> StaffMember | None:
     if user is None or user.is_bot or message.sender_chat is not None:
         return None
     return StaffMember(f"telegram:{user.id}", user.full_name)
+
+
+# --------------------------------------------------------------------------- the command menu
+
+
+Menus = list[tuple[BotCommandScope, list[BotCommand]]]
+
+
+def command_menus(renderer: Renderer) -> Menus:
+    """What Telegram's "/" menu offers: staff commands in every group, /start in private chats.
+
+    Telegram has no scope for "our staff groups only"; a command typed in any other group is
+    refused there (staff/not_allowed), so showing it costs nothing.
+    """
+    def commands(names: Sequence[str]) -> list[BotCommand]:
+        return [BotCommand(name, renderer.render("telegram_menu", {"command": name})) for name in names]
+
+    return [(BotCommandScopeAllGroupChats(), commands(STAFF_MENU)),
+            (BotCommandScopeAllPrivateChats(), commands(CUSTOMER_MENU))]
+
+
+async def set_command_menu(bot: ExtBot[int], menus: Menus) -> bool:
+    """Register the menus; False (and a warning in the log) if Telegram refused or was unreachable.
+
+    Never raises for Telegram: the menu only helps people type commands, which work without it, so
+    it must not keep Kesu from starting. The menus are rendered before, so a broken template shows
+    at once instead of in the background.
+    """
+    try:
+        for scope, commands in menus:
+            await bot.set_my_commands(commands, scope=scope)
+    except TelegramError as error:
+        log.warning("Telegram command menu not set: %s", error)
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- the outbox sender
@@ -507,12 +595,22 @@ class TelegramUpdates:
             await self._reply(message, self.renderer.render(template, {"command": command.name}))
             return
         arguments: dict[str, Any] = {"text": command.rest}
-        if action is Action.PROPOSE:
+        if action in (Action.PROGRESS, Action.ASK):
+            promise, text = split_promise(command.rest)
+            arguments = {"text": text, "next_update": self.staff.clock() + promise if promise else None}
+        elif action is Action.PROPOSE:
             codes, amount, text = parse_proposal(command.rest)
             if (not codes and not text) or (MONEY_CODES & set(codes) and amount is None):
                 await self._reply(message, self.renderer.render("staff/command_usage", {"command": command.name}))
                 return
             arguments = {"text": text, "codes": codes, "amount": amount}
+        elif action is Action.CLASSIFY:
+            wanted = parse_classification(command.rest)
+            if wanted.unknown or wanted.conflicting:
+                await self._reply(message, self.renderer.render("staff/classify_words", {
+                    "unknown": list(wanted.unknown), "natures": NATURE_WORDS, "priorities": PRIORITY_WORDS}))
+                return
+            arguments = {"nature": wanted.nature, "priority": wanted.priority}
         elif action is Action.REASSIGN:
             to, word = self._reassign_target(message, command.rest)
             if to is None:
@@ -783,7 +881,8 @@ def telegram_adapter(settings: Settings, service: IntakeService, staff: StaffSer
     updates = TelegramUpdates(bot, service, staff)
     sender = TelegramSender(bot)
     secret = (settings.telegram_webhook_secret or "").encode("utf-8")
-    polling: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[Any]] = []
+    menus = command_menus(service.renderer)
 
     async def webhook(request: Request) -> Response:
         given = request.headers.get(SECRET_HEADER, "").encode("utf-8", "surrogateescape")
@@ -811,12 +910,14 @@ def telegram_adapter(settings: Settings, service: IntakeService, staff: StaffSer
             await bot.initialize()  # getMe: checks the token; Kesu still starts if Telegram is unreachable
         except TelegramError as error:
             log.error("Telegram bot could not be initialised: %s", error)
+        # In the background: a slow Telegram must not hold up start-up for a convenience.
+        tasks.append(asyncio.create_task(set_command_menu(bot, menus), name="telegram-menu"))
         if settings.telegram_mode == "polling":
-            polling.append(asyncio.create_task(Poller(bot, updates).run(), name="telegram-polling"))
+            tasks.append(asyncio.create_task(Poller(bot, updates).run(), name="telegram-polling"))
 
     async def stop() -> None:
-        while polling:
-            task = polling.pop()
+        while tasks:
+            task = tasks.pop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -835,15 +936,17 @@ def webhook_url(settings: Settings) -> str:
     return settings.public_url.rstrip("/") + WEBHOOK_PATH
 
 
-async def set_webhook(settings: Settings, *, drop_pending_updates: bool = False) -> str:
-    """Point Telegram at ``kesu serve``; returns the URL registered."""
+async def set_webhook(settings: Settings, renderer: Renderer, *,
+                      drop_pending_updates: bool = False) -> tuple[str, bool]:
+    """Point Telegram at ``kesu serve`` and register the command menu; returns the URL registered and
+    whether the menu was (a refused menu leaves the webhook in place)."""
     if not settings.telegram_webhook_secret:
         raise ValueError("KESU_TELEGRAM_WEBHOOK_SECRET is not set")
     url = webhook_url(settings)
     async with make_bot(settings) as bot:
         await bot.set_webhook(url=url, secret_token=settings.telegram_webhook_secret,
                               allowed_updates=list(ALLOWED_UPDATES), drop_pending_updates=drop_pending_updates)
-    return url
+        return url, await set_command_menu(bot, command_menus(renderer))
 
 
 async def delete_webhook(settings: Settings, *, drop_pending_updates: bool = False) -> None:

@@ -18,8 +18,10 @@ Inbound, ``GET/POST /wechat``:
   arrives while the first attempt is still running in this process joins that attempt.
 - A passive text reply is limited to ~2048 bytes: what does not fit goes out right after as
   customer-service messages through the outbox.
-- ``subscribe`` gets the greeting (rendered, not recorded: the customer said nothing yet),
-  ``unsubscribe`` and platform notices (location reports, menu links, job reports) ``success``,
+- ``subscribe`` gets the greeting (rendered, not recorded: the customer said nothing yet);
+  ``unsubscribe`` is recorded on the customer's open cases and their owners are told to phone
+  (nothing reaches the customer on WeChat any more); it and platform notices (location reports,
+  menu links, job reports) get ``success``,
   anything else a polite reply saying what Kesu can read.
 
 Outbound (the outbox, channel ``wechat``, target = openid): ``WeChatSender`` sends a
@@ -457,6 +459,8 @@ class WeChatEndpoint:
             event = str(getattr(message, "event", "") or message._data.get("Event", "")).lower()
             if event.startswith("subscribe"):  # subscribe, subscribe_scan (QR code with a scene)
                 return Answer(self.renderer.render("greeting", {"has_content": False}))
+            if event == "unsubscribe" and self.service.casework is not None:  # staff must phone from now on
+                await asyncio.to_thread(self.service.casework.customer_left, CHANNEL, openid)
             return Answer(self._event_reply(event))
         if kind in ("voice", "location", "link"):
             return Answer(self.renderer.render("wechat/unsupported", {"kind": kind}))

@@ -57,6 +57,17 @@ FINISHED_STATUSES: tuple[str, ...] = ("closed", "rejected")
 CASE_DEADLINES: tuple[str, ...] = ("first_contact_due", "next_update_due", "resolution_due")
 """The promises kept on a case, scanned by ``Reader.cases_due``; None means nothing is promised."""
 
+CASE_WARNED_DUES: dict[str, str] = {
+    "first_contact_due": "first_contact_warned_due",
+    "next_update_due": "next_update_warned_due",
+    "resolution_due": "resolution_warned_due",
+}
+"""Deadline column → the due no warning is owed for any more (one was sent, or an escalation set it).
+
+Compared with the deadline itself, so any change of the deadline makes its warning owed again without
+the writer knowing about warnings; ``Reader.cases_due`` filters on it through a partial index.
+"""
+
 CASE_MILESTONES: tuple[str, ...] = ("first_contacted_at", "resolved_at", "closed_at")
 """When the case reached each step, for the SLA figures of the monthly report."""
 
@@ -137,6 +148,22 @@ def _deadline_index(column: str) -> Index:
     return Index(f"ix_cases_{column}_open", column, "id", sqlite_where=where, postgresql_where=where)
 
 
+def unwarned_predicate(column: str) -> TextClause:
+    """Open, with this deadline set and its warning still owed: literal SQL, as ``open_case_predicate``."""
+    warned = CASE_WARNED_DUES[column]
+    return text(f"{OPEN_CASE_SQL} AND {column} IS NOT NULL AND ({warned} IS NULL OR {warned} <> {column})")
+
+
+def _unwarned_index(column: str) -> Index:
+    """Open cases whose warning for this deadline is still owed, in deadline order.
+
+    Warned cases leave it, so a scan that has nothing to warn about reads an empty range instead of
+    every case inside the warning lead.
+    """
+    where = unwarned_predicate(column)
+    return Index(f"ix_cases_{column}_unwarned", column, "id", sqlite_where=where, postgresql_where=where)
+
+
 class Case(SQLModel, table=True):
     """A complaint: the public fields, the transcript it was taken from, and the work on it since."""
 
@@ -147,6 +174,7 @@ class Case(SQLModel, table=True):
         Index("ix_cases_mall_created_at", "mall", "created_at"),
         Index("ix_cases_customer", "channel", "customer_id", "created_at"),
         *(_deadline_index(column) for column in CASE_DEADLINES),
+        *(_unwarned_index(column) for column in CASE_DEADLINES),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -192,6 +220,10 @@ class Case(SQLModel, table=True):
     first_contact_due: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
     next_update_due: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
     resolution_due: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    # CASE_WARNED_DUES (migration 0004): written by the deadline scanner only.
+    first_contact_warned_due: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    next_update_warned_due: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+    resolution_warned_due: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
     first_contacted_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
     resolved_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)

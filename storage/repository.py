@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -31,6 +31,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    tuple_,
     union_all,
     update,
 )
@@ -42,6 +43,7 @@ from storage.db import BEGIN_OPTION, make_engine, upgrade_schema
 from storage.models import (
     CASE_DEADLINES,
     CASE_MILESTONES,
+    CASE_WARNED_DUES,
     EVIDENCE_KINDS,
     NATURES,
     OUTBOX_ACTIVE_STATES,
@@ -56,6 +58,7 @@ from storage.models import (
     messages,
     open_case_predicate,
     outbox,
+    unwarned_predicate,
 )
 from storage.sqltypes import as_utc
 
@@ -75,6 +78,7 @@ CASE_CHANGE_KEYS: frozenset[str] = frozenset(
         "priority",
         "solution",
         *CASE_DEADLINES,
+        *CASE_WARNED_DUES.values(),
         *CASE_MILESTONES,
         "satisfaction",
         "escalation_level",
@@ -168,6 +172,10 @@ class CaseRecord:
     first_contact_due: datetime | None = None
     next_update_due: datetime | None = None
     resolution_due: datetime | None = None
+    first_contact_warned_due: datetime | None = None
+    next_update_warned_due: datetime | None = None
+    resolution_warned_due: datetime | None = None
+    """The due each deadline's warning is no longer owed for (``CASE_WARNED_DUES``; the scanner's)."""
     first_contacted_at: datetime | None = None
     resolved_at: datetime | None = None
     closed_at: datetime | None = None
@@ -377,7 +385,7 @@ def _case_change_values(changes: Mapping[str, Any]) -> dict[str, Any]:
             if _small_int(key, value) < 0:
                 raise ValueError(f"escalation_level must be >= 0, got {value!r}")
             values[key] = value
-        else:  # claimed_at, the deadlines and the milestones
+        else:  # claimed_at, the deadlines, their warned dues and the milestones
             values[key] = _aware_or_none(key, value)
     return values
 
@@ -427,6 +435,9 @@ def _case_record(row: RowMapping) -> CaseRecord:
         first_contact_due=row["first_contact_due"],
         next_update_due=row["next_update_due"],
         resolution_due=row["resolution_due"],
+        first_contact_warned_due=row["first_contact_warned_due"],
+        next_update_warned_due=row["next_update_warned_due"],
+        resolution_warned_due=row["resolution_warned_due"],
         first_contacted_at=row["first_contacted_at"],
         resolved_at=row["resolved_at"],
         closed_at=row["closed_at"],
@@ -530,6 +541,8 @@ def _claim_due(dialect_name: str) -> Executable:
     holds) lets several dispatchers take disjoint batches without waiting on each other; a row
     another one claimed and committed meanwhile is re-checked against the WHERE and dropped.
     SQLite: the caller's BEGIN IMMEDIATE already makes this the only writer.
+    Items for the (channel, target) pairs in ``:busy`` (expanding) are left alone: the caller is
+    still sending to them, and a target gets one message at a time.
     """
     o = outbox.c
     now = bindparam("now", type_=o.next_attempt_at.type)
@@ -539,7 +552,8 @@ def _claim_due(dialect_name: str) -> Executable:
             or_(
                 and_(o.state == "pending", o.next_attempt_at <= now),
                 *(and_(o.state == state, o.lease_until < now) for state in OUTBOX_ACTIVE_STATES),
-            )
+            ),
+            tuple_(o.channel, o.target).not_in(bindparam("busy", expanding=True)),
         )
         .order_by(o.next_attempt_at, o.id)
         .limit(bindparam("limit", type_=Integer()))
@@ -557,29 +571,34 @@ def _claim_due(dialect_name: str) -> Executable:
 
 
 def _cases_due() -> Executable:
-    """Open cases with any deadline at or before ``:now``, earliest deadline first, at most ``:limit``.
+    """Open cases with a deadline at or before ``:now``, or one at or before ``:warn_until`` whose
+    warning is still owed; earliest such deadline first, at most ``:limit``.
 
-    One ordered range read per deadline on its partial index (``ix_cases_<deadline>_open``), each
-    stopped after ``:limit`` rows, so a pass costs O(limit) however many cases are open. A case's
-    place is its earliest deadline; a case cut from the branch of its earliest deadline has at least
-    ``:limit`` cases before it there, so the outer LIMIT drops it anyway. The predicate is the
-    literal ``OPEN_CASE_SQL`` the indexes were built with; with bound statuses neither backend
-    could prove the index applies.
+    Two ordered range reads per deadline, each stopped after ``:limit`` rows: the passed ones on
+    ``ix_cases_<deadline>_open``, the ones to warn about on ``ix_cases_<deadline>_unwarned``, which
+    warned cases have left. So a pass costs O(limit) however many cases are open or already warned.
+    A case's place is its earliest qualifying deadline; a case cut from the branch that gives it has
+    at least ``:limit`` cases before it there, so the outer LIMIT drops it anyway. The predicates are
+    the literal SQL the indexes were built with; with bound values neither backend could prove the
+    index applies.
     """
     c = cases.c
     now = bindparam("now", type_=c.first_contact_due.type)
+    warn_until = bindparam("warn_until", type_=c.first_contact_due.type)
     limit = bindparam("limit", type_=Integer())
     branches = []
     for name in CASE_DEADLINES:
         due = c[name]
-        branch = (
-            select(c.id, due.label("due"))
-            .where(open_case_predicate(), due <= now)
-            .order_by(due, c.id)
-            .limit(limit)
-            .subquery(f"due_{name}")
-        )
-        branches.append(select(branch.c.id, branch.c.due))
+        ranges = {"due": (open_case_predicate(), now), "warn": (unwarned_predicate(name), warn_until)}
+        for label, (predicate, until) in ranges.items():
+            branch = (
+                select(c.id, due.label("due"))
+                .where(predicate, due <= until)
+                .order_by(due, c.id)
+                .limit(limit)
+                .subquery(f"{label}_{name}")
+            )
+            branches.append(select(branch.c.id, branch.c.due))
     candidates = union_all(*branches).subquery("candidates")
     earliest = (
         select(candidates.c.id, func.min(candidates.c.due).label("due"))
@@ -846,8 +865,10 @@ class Reader:
         )
         return self._cases(query)
 
-    def cases_due(self, *, now: datetime, limit: int = 500) -> list[CaseRecord]:
-        """Open cases with a deadline (first contact, next update, resolution) at or before ``now``.
+    def cases_due(self, *, now: datetime, limit: int = 500, warn_until: datetime | None = None) -> list[CaseRecord]:
+        """Open cases with a deadline (first contact, next update, resolution) at or before ``now``,
+        and those with one at or before ``warn_until`` that no warning was recorded for
+        (``CASE_WARNED_DUES`` differs from the deadline).
 
         Earliest deadline first, at most ``limit``: the deadline scanner works through them and
         records what it did with ``update_case(expected_version=...)``, so when several processes
@@ -856,7 +877,7 @@ class Reader:
         """
         if limit <= 0:
             return []
-        params = {"now": as_utc(now), "limit": limit}
+        params = {"now": as_utc(now), "warn_until": as_utc(warn_until or now), "limit": limit}
         return self._cases(self._sql.cases_due, params)
 
     def cases_in_month(self, *, year: int, month: int) -> list[CaseRecord]:
@@ -1208,14 +1229,16 @@ class UnitOfWork(Reader):
         caption: str | None,
         channel_message_id: str | None,
         at: datetime,
+        case_id: int | None = None,
     ) -> int:
-        """Keep a reference to a file the customer sent; it joins their case when it is opened."""
+        """Keep a reference to a file the customer sent; it joins their case when it is opened (or
+        ``case_id``, an open case it was sent for)."""
         if kind not in EVIDENCE_KINDS:
             raise ValueError(f"evidence kind must be one of {EVIDENCE_KINDS}, got {kind!r}")
         params = {
             "channel": channel,
             "customer_id": customer_id,
-            "case_id": None,
+            "case_id": case_id,
             "kind": kind,
             "file_ref": file_ref,
             "file_name": file_name,
@@ -1318,9 +1341,9 @@ class Store:
         with self.reading() as reader:
             return reader.open_cases_for_customer(channel, customer_id)
 
-    def cases_due(self, *, now: datetime, limit: int = 500) -> list[CaseRecord]:
+    def cases_due(self, *, now: datetime, limit: int = 500, warn_until: datetime | None = None) -> list[CaseRecord]:
         with self.reading() as reader:
-            return reader.cases_due(now=now, limit=limit)
+            return reader.cases_due(now=now, limit=limit, warn_until=warn_until)
 
     def cases_in_month(self, *, year: int, month: int) -> list[CaseRecord]:
         with self.reading() as reader:
@@ -1349,7 +1372,12 @@ class Store:
     # talks to a platform, only the lease recorded on the items it took.
 
     def claim_due(
-        self, *, now: datetime, limit: int = 20, lease: timedelta = timedelta(seconds=60)
+        self,
+        *,
+        now: datetime,
+        limit: int = 20,
+        lease: timedelta = timedelta(seconds=60),
+        busy: Collection[tuple[str, str]] = (),
     ) -> list[OutboxItem]:
         """Take up to ``limit`` due items (oldest first) for ``lease``; no two callers get the same item.
 
@@ -1360,13 +1388,14 @@ class Store:
         counts one more attempt, and that ``attempts`` is the claim's fencing token for the steps
         that follow (``mark_attempting``, then ``mark_sent``, ``mark_retry``, ``mark_failed``,
         ``mark_uncertain`` or ``defer``). An item left unfinished when the lease runs out is due again.
+        Items to the ``busy`` (channel, target) pairs are not taken: the caller is still sending to them.
         """
         if lease <= timedelta(0):
             raise ValueError(f"lease must be positive, got {lease!r}")
         if limit <= 0:
             return []
         now = as_utc(now)
-        params = {"now": now, "lease_until": now + lease, "limit": limit}
+        params = {"now": now, "lease_until": now + lease, "limit": limit, "busy": list(busy)}
         with self._writing() as connection:
             rows = connection.execute(self._sql.claim_due, params).mappings().all()
         # RETURNING order is unspecified (PostgreSQL returns join order): restore the claim order.

@@ -27,14 +27,17 @@ from storage.repository import Store
 PG_URL_ENV = "KESU_TEST_PG_URL"
 REQUIRE_PG_ENV = "KESU_REQUIRE_PG"
 DB_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+# Read at start-up: channel tests clear every KESU_* variable so that only their own settings reach the
+# app (test_telegram.py's clean_environment), and that must not switch the PostgreSQL matrix off.
+PG_URL = os.environ.get(PG_URL_ENV)
+REQUIRE_PG = os.environ.get(REQUIRE_PG_ENV) == "1"
 
 
 def pg_base_url() -> str:
     """The PostgreSQL server to create test databases on; skips (or fails in CI) when unset."""
-    url = os.environ.get(PG_URL_ENV)
-    if url:
-        return url
-    if os.environ.get(REQUIRE_PG_ENV) == "1":
+    if PG_URL:
+        return PG_URL
+    if REQUIRE_PG:
         pytest.fail(f"{REQUIRE_PG_ENV}=1 but {PG_URL_ENV} is not set", pytrace=False)
     pytest.skip(f"PostgreSQL tests need {PG_URL_ENV}")
 

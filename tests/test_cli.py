@@ -8,14 +8,17 @@ import selectors
 import shutil
 import subprocess
 import sys
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bot.templating import Renderer
 from dialogs.fields import FIELD_KEYS
 from storage.case_numbers import format_case_number
+from storage.models import NATURES, PRIORITIES
+from storage.repository import CaseRecord, Store
 
 NOW = "2026-11-22T14:30:00+08:00"
 OPENING = "我叫王丽，电话13812345678，去年12月8号在真北店顾家买的沙发，12800，扶手开裂了，要求换货"
@@ -89,7 +92,7 @@ def case(conversation: tuple[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("args", [
     (), ("--help",), ("chat", "--help"), ("extract", "--help"), ("cases", "--help"), ("cases", "list", "--help"),
-    ("cases", "show", "--help"), ("db", "--help"), ("db", "upgrade", "--help"),
+    ("cases", "show", "--help"), ("db", "--help"), ("db", "upgrade", "--help"), ("case", "classify", "--help"),
 ], ids=lambda args: " ".join(args) or "no-args")
 def test_help(args: tuple[str, ...], tmp_path: Path) -> None:
     result = kesu(*args, cwd=tmp_path)
@@ -380,3 +383,73 @@ def test_outbox_shows_counts_by_state(conversation: tuple[str, list[dict[str, An
 def test_outbox_rejects_an_unknown_state(workdir: Path, tmp_path: Path) -> None:
     result = kesu("outbox", "--state", "lost", "--db", f"sqlite:///{tmp_path / 'o.db'}", cwd=workdir)
     assert result.returncode != 0
+
+
+# --------------------------------------------------------------------------- kesu case classify
+
+
+@pytest.fixture
+def own_case(conversation: tuple[str, list[dict[str, Any]]], case: dict[str, Any], tmp_path: Path) -> str:
+    """A copy of the module's database, so classifying its case leaves the other tests' case alone."""
+    db, _ = conversation
+    copy = tmp_path / "cases.db"
+    shutil.copyfile(db.removeprefix("sqlite:///"), copy)
+    return f"sqlite:///{copy}"
+
+
+def stored(db: str, number: str) -> CaseRecord:
+    store = Store.from_url(db, migrate=False)
+    try:
+        found = store.get_case(number)
+    finally:
+        store.close()
+    assert found is not None
+    return found
+
+
+def test_case_classify_sets_nature_and_grade(own_case: str, case: dict[str, Any], tmp_path: Path) -> None:
+    number = case["number"]
+    result = kesu("case", "classify", number, "--nature", "delivery", "--priority", "important", "--as", "cli:li",
+                  "--name", "李经理", "--db", own_case, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    classified = stored(own_case, number)
+    assert (classified.nature, classified.fields["priority"], classified.status) == ("delivery", "important", "new")
+    assert result.stdout.strip() == Renderer().render("staff/action_done", {"case": classified, "action": "classify"})
+
+    graded = kesu("case", "classify", number, "--priority", "normal", "--db", own_case, cwd=tmp_path)
+    assert graded.returncode == 0, graded.stderr
+    assert (stored(own_case, number).nature, stored(own_case, number).fields["priority"]) == ("delivery", "normal")
+
+
+def test_case_classify_without_either_option_says_what_to_give(own_case: str, case: dict[str, Any],
+                                                               tmp_path: Path) -> None:
+    stored_before = stored(own_case, case["number"])
+    result = kesu("case", "classify", case["number"], "--db", own_case, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == Renderer().render("staff/classify_what",
+                                                      {"natures": NATURES, "priorities": PRIORITIES})
+    assert stored(own_case, case["number"]).version == stored_before.version
+
+
+@pytest.mark.parametrize(("option", "value"), [("--priority", "urgent"), ("--nature", "质量")])
+def test_case_classify_rejects_unknown_codes(own_case: str, case: dict[str, Any], tmp_path: Path, option: str,
+                                             value: str) -> None:
+    before = stored(own_case, case["number"])
+    result = kesu("case", "classify", case["number"], option, value, "--db", own_case, cwd=tmp_path)
+    assert_clean_error(result, option)
+    assert result.returncode == 2
+    assert stored(own_case, case["number"]) == before
+
+
+def test_case_progress_with_a_leading_time_promises_the_next_update(own_case: str, case: dict[str, Any],
+                                                                     tmp_path: Path) -> None:
+    number = case["number"]
+    assert kesu("case", "claim", number, "--db", own_case, cwd=tmp_path).returncode == 0
+    before = datetime.now(UTC)
+    result = kesu("case", "progress", number, "3天 品牌方已安排检测", "--db", own_case, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    updated = stored(own_case, number)
+    assert updated.next_update_due is not None
+    assert before + timedelta(days=3) <= updated.next_update_due <= datetime.now(UTC) + timedelta(days=3)
+    progress = [e for e in Store.from_url(own_case, migrate=False).get_case_events(updated.id) if e.kind == "progress"]
+    assert progress[0].data["text"] == "品牌方已安排检测"

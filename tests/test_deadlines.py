@@ -12,15 +12,17 @@ import dataclasses
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from alembic import command
+from concurrently import run_together
+from sqlalchemy import Integer, String, column, table
 
 from bot.app import build_server, build_staff_service
 from bot.config import Settings
@@ -38,9 +40,11 @@ from bot.service import InboundMessage, IntakeService
 from bot.staff import StaffMember, StaffService
 from bot.templating import Renderer
 from dialogs.catalog import Catalog, load_catalog
+from storage.case_numbers import format_case_number
+from storage.db import alembic_config, make_engine, upgrade_schema
 from storage.repository import CaseEventRecord, CaseRecord, OutboxItem, Store
+from storage.sqltypes import UTCDateTime, json_type
 
-T = TypeVar("T")
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 # Friday evening before Qingming (4–6 April 2026, Saturday to Monday).
 FRIDAY = datetime(2026, 4, 3, 19, 30, tzinfo=SHANGHAI)
@@ -116,31 +120,17 @@ def deadline_messages(store: Store, case: CaseRecord) -> list[OutboxItem]:
     return sorted((item for item in items if item.kind in ("deadline_warning", "escalation")), key=lambda i: i.id)
 
 
+def customer_messages(store: Store, case: CaseRecord) -> list[str]:
+    """What the scanner pushed to the customer (the case was opened on Telegram, so through the outbox)."""
+    items = sorted(store.outbox_items(case_id=case.id, limit=1000), key=lambda i: i.id)
+    return [item.payload["text"] for item in items
+            if item.kind == "customer_update" and (item.channel, item.target) == (case.channel, case.customer_id)]
+
+
 def current(store: Store, case: CaseRecord) -> CaseRecord:
     found = store.get_case_by_id(case.id)
     assert found is not None
     return found
-
-
-def run_together(count: int, work: Callable[[int], T]) -> list[T]:
-    results: list[Any] = [None] * count
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(count)
-
-    def run(index: int) -> None:
-        barrier.wait()
-        try:
-            results[index] = work(index)
-        except BaseException as error:  # surfaced below, not lost in the thread
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
-    return results
 
 
 # ------------------------------------------------------------------ working days and the holiday file
@@ -316,25 +306,36 @@ def test_a_friday_evening_case_before_a_holiday_warns_then_escalates_once(
     assert scanner.scan(due - 100 * MINUTE).actions == []
     assert scanner_for(store, catalog, clock).scan(due - 90 * MINUTE).actions == []  # a restarted scanner
 
+    claim_news = customer_messages(store, case)  # "someone has your case"
     escalated = scanner.scan(due + MINUTE)
     assert [(a.kind, a.deadline, a.level) for a in escalated.actions] == [("escalated", "first_contact", 1)]
     after = current(store, case)
     assert after.escalation_level == 1
-    assert after.first_contact_due == due + MINUTE + 8 * HOUR  # rescheduled: the next level hears it then
+    # rescheduled: the next level hears it then; telling the customer was no contact
+    assert after.first_contact_due == due + MINUTE + 8 * HOUR and after.first_contacted_at is None
     event = store.get_case_events(case.id)[-1]
     assert (event.kind, event.actor) == ("escalated", "kesu")
     assert event.data == {"deadline": "first_contact", "due": due.astimezone(UTC).isoformat(), "level": 1,
                           "next_due": (due + MINUTE + 8 * HOUR).astimezone(UTC).isoformat(),
-                          "notified": ["mall", "owner"], "managers": ["王店长", "陈副店长"]}
+                          "notified": ["mall", "manager", "owner"], "managers": ["王店长", "陈副店长"],
+                          "customer_told": True}
     messages = deadline_messages(store, case)[1:]
+    # the managers the group text names also hear it in their own chats (赵店长 serves another mall)
     assert [(m.channel, m.target) for m in messages] == [("telegram", "101"), ("telegram", MALL_GROUP),
-                                                         ("wecom", MALL_ROBOT)]
+                                                         ("wecom", MALL_ROBOT), ("telegram", "102"),
+                                                         ("telegram", "104")]
     owner_text, group_text = messages[0].payload["text"], messages[1].payload["text"]
     assert "已升级至商场管理层" in owner_text and "您是负责人" in owner_text
     assert "@王店长（店长）、@陈副店长（副店长）" in group_text and "赵店长" not in group_text
     assert "138****5678" in group_text and "13812345678" not in group_text  # the customer's words, masked
     assert messages[1].payload["buttons"] == [[{"label": "查看详情", "payload": f"view:{case.number}"}]]
     assert messages[2].payload["buttons"] == [] and not messages[2].payload["markdown"]
+    for private in messages[3:]:  # a private chat: no staff buttons (they work in groups only)
+        assert private.payload["text"] == group_text and private.payload["buttons"] == []
+    [apology] = customer_messages(store, case)[len(claim_news):]
+    assert apology == (f"非常抱歉让您久等了。您的投诉 {case.number} 没能按约定的时间与您联系。\n"
+                       "我们已将您的投诉转交红星美凯龙上海真北商场管理层督办，他们会尽快与您联系。")
+    assert store.messages("telegram", "5550001")[-1].text == apology  # in the conversation too
 
     # The same minute again, later, and after a restart on a new connection pool: nothing repeats.
     assert scanner.scan(due + 2 * MINUTE).actions == []
@@ -348,16 +349,21 @@ def test_a_friday_evening_case_before_a_holiday_warns_then_escalates_once(
     top = scanner.scan(due + 9 * HOUR)
     assert [(a.kind, a.level) for a in top.actions] == [("escalated", 2)]
     assert current(store, case).escalation_level == 2
-    latest = deadline_messages(store, case)[4:]
+    latest = deadline_messages(store, case)[6:]
     assert [(m.channel, m.target) for m in latest] == [("telegram", "101"), ("telegram", MALL_GROUP),
                                                        ("wecom", MALL_ROBOT), ("telegram", MALL_ESCALATION),
                                                        ("telegram", HQ)]
     assert "已升级至上级督办群" in latest[-1].payload["text"]
-    # Past the top level the escalation groups are reminded daily; the level stays.
+    assert customer_messages(store, case)[len(claim_news) + 1:] == [
+        f"非常抱歉让您久等了。您的投诉 {case.number} 没能按约定的时间与您联系。\n"
+        "我们已将您的投诉进一步上报督办，并已要求红星美凯龙上海真北商场管理层尽快与您联系。"]
+    # Past the top level the escalation groups are reminded daily; the level stays, the customer was told.
     assert scanner.scan(due + 12 * HOUR).actions == []
     reminded = scanner.scan(due + 34 * HOUR)
     assert [(a.kind, a.level) for a in reminded.actions] == [("still_overdue", 2)]
     assert current(store, case).escalation_level == 2
+    assert store.get_case_events(case.id)[-1].data["customer_told"] is False
+    assert len(customer_messages(store, case)) == len(claim_news) + 2
 
     # Contact at last: the promise is kept late, nothing more fires for it.
     clock.now = due + 35 * HOUR
@@ -410,8 +416,9 @@ def test_two_scanners_at_once_escalate_each_case_once(intake: IntakeService, sto
         assert kinds(store, case).count("deadline_warning") == 1
         assert kinds(store, case).count("escalated") == 1
         assert current(store, case).escalation_level == 1
-        # one warning to the mall's two groups, one escalation to them: 4 messages, none doubled
-        assert len(deadline_messages(store, case)) == 4
+        # one warning to the mall's two groups, one escalation to them and the two managers: none doubled
+        assert len(deadline_messages(store, case)) == 6
+        assert len(customer_messages(store, case)) == 1
 
 
 def test_threads_sharing_one_store_escalate_once(intake: IntakeService, store: Store, catalog: Catalog,
@@ -481,6 +488,10 @@ def test_two_missed_deadlines_escalate_two_levels(intake: IntakeService, store: 
     assert [(a.kind, a.deadline, a.level) for a in result.actions] == [
         ("escalated", "first_contact", 1), ("escalated", "resolution", 2)]
     assert current(store, case).escalation_level == 2
+    # The customer was promised contact, not a resolution date: one apology, for the contact.
+    [apology] = customer_messages(store, case)
+    assert "没能按约定的时间与您联系" in apology
+    assert [e.data["customer_told"] for e in store.get_case_events(case.id) if e.kind == "escalated"] == [True, False]
 
 
 def test_the_warning_lead_and_escalation_step_are_the_deployers(intake: IntakeService, store: Store,
@@ -492,6 +503,91 @@ def test_the_warning_lead_and_escalation_step_are_the_deployers(intake: IntakeSe
     assert scanner.scan(FRIDAY + 24 * HOUR).count("escalated") == 1
     assert scanner.scan(FRIDAY + 25 * HOUR).count("escalated") == 1
     assert current(store, case).escalation_level == 2
+
+
+def test_a_warned_deadline_leaves_the_scan_and_a_moved_one_is_warned_again(
+        intake: IntakeService, staff: StaffService, store: Store, catalog: Catalog, clock: Clock) -> None:
+    case = open_case(intake)
+    clock.now = FRIDAY + HOUR
+    staff.claim(case.number, SPECIALIST, telegram_chat=None)
+    staff.act(case.number, Action.PROGRESS, SPECIALIST, text="已联系顾客")
+    first = clock.now + 24 * HOUR  # the next update
+    scanner = scanner_for(store, catalog, clock)
+    assert [(a.kind, a.due) for a in scanner.scan(first - HOUR).actions] == [("deadline_warning", first)]
+    # Warned: no pass, in this process or another, reads the case again before its due.
+    assert store.cases_due(now=first - 50 * MINUTE, warn_until=first + HOUR) == []
+    # News at last, with the next promised for tomorrow: that is a new promise, warned in its turn.
+    clock.now = first - 30 * MINUTE
+    staff.act(case.number, Action.PROGRESS, SPECIALIST, text="品牌方明天上午上门检测")
+    second = clock.now + 24 * HOUR
+    assert scanner.scan(second - 3 * HOUR).actions == []
+    assert [(a.kind, a.deadline, a.due) for a in scanner.scan(second - HOUR).actions] == [
+        ("deadline_warning", "next_update", second)]
+    assert kinds(store, case).count("deadline_warning") == 2
+
+
+def test_a_manager_who_owns_the_case_hears_the_escalation_once(intake: IntakeService, staff: StaffService,
+                                                               store: Store, catalog: Catalog, clock: Clock) -> None:
+    case = open_case(intake)
+    staff.claim(case.number, MANAGER, telegram_chat=None)
+    scanner = scanner_for(store, catalog, clock)
+    scanner.scan(FRIDAY + 25 * HOUR)
+    messages = deadline_messages(store, case)
+    assert [(m.channel, m.target) for m in messages] == [("telegram", "102"), ("telegram", MALL_GROUP),
+                                                         ("wecom", MALL_ROBOT), ("telegram", "104")]
+    assert "您是负责人" in messages[0].payload["text"]
+    # Level 2 goes to the escalation groups; the managers' private chats heard level 1 only.
+    scanner.scan(FRIDAY + 34 * HOUR)
+    assert [(m.channel, m.target) for m in deadline_messages(store, case)[4:]] == [
+        ("telegram", "102"), ("telegram", MALL_GROUP), ("wecom", MALL_ROBOT), ("telegram", MALL_ESCALATION),
+        ("telegram", HQ)]
+
+
+CASES_0003 = table(
+    "cases", column("id", Integer), column("number", String), column("status", String), column("channel", String),
+    column("customer_id", String), column("conversation_id", Integer), column("created_at", UTCDateTime),
+    column("updated_at", UTCDateTime), column("mall", String), column("priority", String),
+    column("expectation", json_type()), column("transcript", json_type()), column("owner", String),
+    column("first_contact_due", UTCDateTime), column("next_update_due", UTCDateTime),
+    column("resolution_due", UTCDateTime), column("escalation_level", Integer))
+EVENTS_0003 = table("case_events", column("case_id", Integer), column("kind", String), column("actor", String),
+                    column("data", json_type()), column("created_at", UTCDateTime))
+
+
+def test_cases_warned_before_the_upgrade_are_not_warned_again(db_url: str, catalog: Catalog, clock: Clock) -> None:
+    """Migration 0004 reads the marker off the timeline, as the scanner did before it had one."""
+    engine = make_engine(db_url)
+    due = FRIDAY + 24 * HOUR
+    stamp = due.astimezone(UTC).isoformat()
+    history: dict[int, tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]] = {
+        1: ({"first_contact_due": due}, [("deadline_warning", {"deadline": "first_contact", "due": stamp})]),
+        2: ({"next_update_due": due, "escalation_level": 1},  # an escalation's rescheduling gets no warning
+            [("escalated", {"deadline": "next_update", "due": "2026-04-04T03:30:00+00:00", "next_due": stamp})]),
+        3: ({"first_contact_due": due}, [("deadline_warning", {"deadline": "first_contact",  # an older due
+                                                               "due": "2026-04-03T11:30:00+00:00"})]),
+        4: ({"first_contact_due": due, "resolution_due": due},  # warned for one deadline, not the other
+            [("deadline_warning", {"deadline": "resolution", "due": stamp})]),
+    }
+    try:
+        with engine.begin() as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0003")
+        with engine.begin() as conn:
+            for case_id, (row, events) in history.items():
+                conn.execute(CASES_0003.insert(), {
+                    "id": case_id, "number": format_case_number(date(2026, 4, 3), case_id), "status": "new",
+                    "channel": "telegram", "customer_id": f"c-{case_id}", "conversation_id": case_id,
+                    "created_at": FRIDAY, "updated_at": FRIDAY, "mall": "sh-zhenbei", "priority": "normal",
+                    "expectation": [], "transcript": [], "owner": None, **row})
+                conn.execute(EVENTS_0003.insert(), [{"case_id": case_id, "kind": kind, "actor": "kesu", "data": data,
+                                                     "created_at": FRIDAY} for kind, data in events])
+        upgrade_schema(engine)
+        result = scanner_for(Store(engine), catalog, clock).scan(due - HOUR)
+    finally:
+        engine.dispose()
+    assert sorted((a.number[-4:-1], a.kind, a.deadline) for a in result.actions) == [
+        ("003", "deadline_warning", "first_contact"), ("004", "deadline_warning", "first_contact")]
 
 
 # ------------------------------------------------------------------ kesu serve and kesu deadlines scan

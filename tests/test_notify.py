@@ -6,9 +6,10 @@ Unit tests of ``StaffNotifier`` on hand-made cases, then the intake service on a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from bot.config import Settings
 from bot.notify import Delivery, StaffNotifier, markdown_literal, mask_mobiles
 from bot.service import InboundMessage, IntakeService
-from bot.templating import Renderer
+from bot.templating import Renderer, cn_time
 from dialogs.catalog import Catalog, load_catalog
 from storage.repository import CaseRecord, Store
 
@@ -195,9 +196,10 @@ def test_customer_text_cannot_forge_markdown_in_a_robot_message(catalog: Catalog
 
 def test_the_robot_message_says_where_to_act(catalog: Catalog, renderer: Renderer) -> None:
     notifier = StaffNotifier(catalog, renderer, settings())
-    (wecom,) = [d for d in notifier.new_case(case()) if d.channel == "wecom"]
+    due = dataclasses.replace(case(), first_contact_due=NOW + timedelta(hours=24))
+    (wecom,) = [d for d in notifier.new_case(due) if d.channel == "wecom"]
     assert "kesu cases show KS2611220019" in wecom.message.text
-    assert "24小时" in wecom.message.text
+    assert f"请在{cn_time(NOW + timedelta(hours=24))}前联系顾客。" in wecom.message.text
 
 
 # --------------------------------------------------------------------------- through the service

@@ -471,10 +471,10 @@ def test_labels_come_from_the_templates_and_deployers_can_rename(tmp_path: Path)
     override = tmp_path / "zh-CN" / "report" / "_labels.j2"
     override.parent.mkdir(parents=True)
     builtin = (Path(__file__).resolve().parent.parent / "templates" / "zh-CN" / "report" / "_labels.j2")
-    override.write_text(builtin.read_text(encoding="utf-8").replace('"delivery": "送货安装"', '"delivery": "配送安装"'),
+    override.write_text(builtin.read_text(encoding="utf-8").replace('unclassified="未分类"', 'unclassified="待分类"'),
                         encoding="utf-8")
     labels = ReportLabels.from_renderer(Renderer([tmp_path]))
-    assert labels.natures["delivery"] == "配送安装"
+    assert labels.natures["unclassified"] == "待分类"
     broken = tmp_path / "broken"
     (broken / "zh-CN" / "report").mkdir(parents=True)
     (broken / "zh-CN" / "report" / "_labels.j2").write_text(

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
+from concurrently import run_together
 
 from bot.service import InboundMessage, IntakeService, TurnOutcome
 from bot.templating import Renderer
@@ -18,7 +16,6 @@ from dialogs.catalog import Catalog, load_catalog
 from dialogs.fields import FIELD_KEYS
 from storage.repository import Store
 
-T = TypeVar("T")
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 NOW = datetime(2026, 11, 22, 14, 30, tzinfo=SHANGHAI)
 CHANNEL = "wechat"
@@ -80,18 +77,6 @@ def version_of(store: Store, customer: str, channel: str = CHANNEL) -> int:
     record = store.load_conversation(channel, customer)
     assert record is not None
     return record.version
-
-
-def run_together(count: int, work: Callable[[int], T]) -> list[T]:
-    """Start ``count`` workers behind a barrier so they hit the service at the same moment."""
-    barrier = threading.Barrier(count)
-
-    def start(index: int) -> T:
-        barrier.wait(timeout=30)
-        return work(index)
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(start, range(count)))
 
 
 # --------------------------------------------------------------------------- a complete intake

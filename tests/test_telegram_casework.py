@@ -10,7 +10,8 @@ templates rendered here; the case and its timeline from the database.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,15 @@ from starlette.testclient import TestClient
 from test_telegram import (  # noqa: F401  (the autouse fixtures apply here too)
     CUSTOMER,
     MANAGER,
+    NOW,
+    OPENING,
     OTHER_CUSTOMER,
     ROUTED_CATALOG,
     TOKEN,
     UNRELATED_GROUP,
     ZHENBEI_GROUP,
     Kesu,
+    _cli_env,
     answers,
     clean_environment,
     group_chat,
@@ -36,10 +40,21 @@ from test_telegram import (  # noqa: F401  (the autouse fixtures apply here too)
     private_chat,
     time_bound,
 )
+from typer.testing import CliRunner
 
 from bot.app import build_server
+from bot.staff import split_promise
 from bot.templating import Renderer
-from handlers.telegram import parse_case_command, parse_proposal, staff_button
+from handlers.telegram import (
+    NATURE_WORDS,
+    PRIORITY_WORDS,
+    Classification,
+    parse_case_command,
+    parse_classification,
+    parse_proposal,
+    staff_button,
+)
+from storage.models import NATURES, PRIORITIES
 from storage.repository import CaseRecord, Store
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
@@ -80,9 +95,12 @@ def directory_catalog(tmp_path: Path) -> Path:
     return path
 
 
-def start(tmp_path: Path, fake: FakeBotAPI, catalog: Path) -> Iterator[Kesu]:
-    settings = make_settings(tmp_path, fake, catalog=catalog)
-    app = build_server(settings, clock=moving_clock())
+def start(tmp_path: Path, fake: FakeBotAPI, catalog: Path, *, clock: Callable[[], datetime] | None = None,
+          **overrides: Any) -> Iterator[Kesu]:
+    """`kesu serve` on Telegram; `overrides` add settings (another channel, the database), `clock` replaces
+    the moving one."""
+    settings = make_settings(tmp_path, fake, catalog=catalog, **overrides)
+    app = build_server(settings, clock=clock or moving_clock())
     store = Store.from_url(settings.database_url, migrate=False)
     try:
         with TestClient(app) as client:
@@ -179,7 +197,8 @@ def test_a_case_worked_from_the_group_from_question_to_satisfaction(kesu: Kesu, 
     customer_before = sent_to(kesu, CUSTOMER)
     command(kesu, f"/progress {number} {PROGRESS}")
     [progress] = new_to(kesu, CUSTOMER, customer_before)
-    assert progress.text == render("case/progress", case=case, progress=PROGRESS)
+    assert progress.text == render("case/progress", case=current(kesu, number), progress=PROGRESS)
+    assert "前告诉您下一步的进展" in progress.text
 
     # /propose 300 yuan compensation: beyond a specialist's limit, so it waits; the customer hears nothing
     customer_before = sent_to(kesu, CUSTOMER)
@@ -349,8 +368,8 @@ def test_help_lists_the_commands_and_other_bots_commands_are_left_alone(kesu: Ke
     case, _ = claim(kesu)
     reply = command(kesu, "/help@kesu_test_bot")
     assert reply.text == render("staff/help")
-    for name in ("/case", "/note", "/ask", "/progress", "/verify", "/propose", "/approve", "/agree", "/resolve",
-                 "/reject", "/reassign", "/close", "/reopen"):
+    for name in ("/case", "/classify", "/note", "/ask", "/progress", "/verify", "/propose", "/approve", "/agree",
+                 "/resolve", "/reject", "/reassign", "/close", "/reopen"):
         assert f"\n{name} " in reply.text
     assert len(reply.text) < 1000
 
@@ -523,3 +542,155 @@ def test_staff_buttons_fit_telegrams_limit_and_customer_answers_are_not_staff_bu
     assert staff_button("verify:KS261122123456X") == ("verify", "KS261122123456X")
     assert staff_button("同意") is None and staff_button("5") is None and staff_button("resolve:KS2611220019") is None
     assert max(len(f"{a}:KS2611221234567".encode()) for a in ("claim", "view", "verify", "approve")) <= 64
+
+
+# --------------------------------------------------------------------------- classification and grading
+
+ESCALATION_GROUP = -1001000000099  # 真北's escalation group in the routed catalog
+
+
+def test_classify_sets_nature_and_grade_and_raising_to_major_alerts_the_escalation_group(kesu: Kesu) -> None:
+    case, _ = claim(kesu)
+    assert (case.nature, case.fields["priority"]) == ("quality", "normal")  # guessed from the customer's words
+    customer_before = sent_to(kesu, CUSTOMER)
+
+    reply = command(kesu, f"/classify {case.number} 重大 送货")
+    major = current(kesu, case.number)
+    assert (major.nature, major.fields["priority"], major.status, major.owner) == (
+        "delivery", "major", "claimed", "telegram:777")
+    assert reply.text == render("staff/action_done", case=major, action="classify")
+    assert "（性质：送货安装，等级：重大）" in reply.text
+    [alert] = kesu.fake.wait_for("sendMessage", chat_id=ESCALATION_GROUP)
+    assert major.number in alert.text and "李专员" in alert.text
+
+    # grading it again, or only the nature, alerts no one again; the customer hears nothing of either;
+    # what is already so is not recorded again
+    command(kesu, f"/classify {case.number} 质量")
+    command(kesu, f"/classify@kesu_test_bot {case.number.lower()} quality MAJOR")
+    final = current(kesu, case.number)
+    assert (final.nature, final.fields["priority"]) == ("quality", "major")
+    kesu.settle()
+    assert len(kesu.fake.of("sendMessage", chat_id=ESCALATION_GROUP)) == 1
+    assert new_to(kesu, CUSTOMER, customer_before) == []
+    assert event_kinds(kesu, case)[2:] == ["classify", "classify"]
+
+
+def test_classify_refuses_what_it_cannot_read_and_changes_nothing(kesu: Kesu) -> None:
+    case, _ = claim(kesu)
+    words = {"natures": NATURE_WORDS, "priorities": PRIORITY_WORDS}
+    unknown = command(kesu, f"/classify {case.number} 紧急 质量")
+    assert unknown.text == render("staff/classify_words", unknown=["紧急"], **words)
+    assert "不认识：紧急" in unknown.text and "送货/安装/物流" in unknown.text and "重大/major" in unknown.text
+    two = command(kesu, f"/classify {case.number} 质量 服务")
+    assert two.text == render("staff/classify_words", unknown=[], **words)
+    nothing = command(kesu, f"/classify {case.number}")
+    assert nothing.text == render("staff/classify_what", natures=NATURES, priorities=PRIORITIES)
+    assert command(kesu, "/classify").text == render("staff/command_usage", command="classify")
+    outside = command(kesu, f"/classify {case.number} 重大", chat=UNRELATED_GROUP)
+    assert outside.text == render("staff/not_allowed")
+    after = current(kesu, case.number)
+    assert (after.nature, after.fields["priority"], after.version) == ("quality", "normal", case.version)
+    assert kesu.fake.of("sendMessage", chat_id=ESCALATION_GROUP) == []
+
+
+@pytest.mark.parametrize(("argument", "expected"), [
+    ("送货 重大", Classification("delivery", "major")),
+    ("major quality", Classification("quality", "major")),
+    ("产品质量，一般", Classification("quality", "normal")),
+    ("送货安装重要", Classification("delivery", "important")),
+    ("价格", Classification("sales", None)),
+    ("Service", Classification("service", None)),
+    ("重要", Classification(None, "important")),
+    ("送货 安装 物流", Classification("delivery", None)),  # three words, one nature
+    ("质量 服务", Classification("quality", None, conflicting=True)),
+    ("一般、重大", Classification(None, "normal", conflicting=True)),
+    ("紧急 质量 urgent", Classification("quality", None, unknown=("紧急", "urgent"))),
+    ("质量问题", Classification(None, None, unknown=("质量问题",))),  # not a word staff were offered
+    ("", Classification(None, None)),
+])
+def test_parse_classification(argument: str, expected: Classification) -> None:
+    assert parse_classification(argument) == expected
+
+
+def test_the_words_name_every_nature_and_grade() -> None:
+    assert tuple(NATURE_WORDS) == NATURES and tuple(PRIORITY_WORDS) == PRIORITIES
+
+
+# --------------------------------------------------------------------------- Telegram's command menu
+
+STAFF_COMMANDS = ["case", "classify", "verify", "note", "ask", "progress", "propose", "approve", "agree", "resolve",
+                  "reject", "reassign", "close", "reopen", "help"]
+
+
+def menu(fake: FakeBotAPI) -> list[tuple[dict[str, Any], list[tuple[str, str]]]]:
+    """What Kesu registered: (scope, [(command, description)]) per setMyCommands call."""
+    return [(call.params["scope"], [(c["command"], c["description"]) for c in call.params["commands"]])
+            for call in fake.of("setMyCommands")]
+
+
+def expected_menu() -> list[tuple[dict[str, Any], list[tuple[str, str]]]]:
+    return [({"type": "all_group_chats"}, [(name, render("telegram_menu", command=name)) for name in STAFF_COMMANDS]),
+            ({"type": "all_private_chats"}, [("start", render("telegram_menu", command="start"))])]
+
+
+@pytest.mark.parametrize("mode", ["webhook", "polling"])
+def test_kesu_sets_the_command_menu_when_it_starts(tmp_path: Path, fake: FakeBotAPI, mode: str) -> None:
+    settings = make_settings(tmp_path, fake, telegram_mode=mode)
+    with TestClient(build_server(settings, clock=moving_clock())):
+        fake.wait_for("setMyCommands", count=2)
+    assert menu(fake) == expected_menu()
+    descriptions = [text for _, commands in menu(fake) for _, text in commands]
+    assert all(0 < len(text) <= 256 for text in descriptions)  # Telegram's limit
+    assert "分类定级" in descriptions[1] and descriptions[-1] == "开始或继续登记投诉"
+
+
+def test_a_refused_menu_does_not_keep_kesu_from_working(tmp_path: Path, fake: FakeBotAPI) -> None:
+    fake.fail("setMyCommands", status=400, description="Bad Request: BOT_COMMANDS_TOO_MUCH")
+    for kesu in start(tmp_path, fake, ROUTED_CATALOG):
+        replies = kesu.turn(OPENING)
+        assert "王丽" in "\n".join(c.text for c in replies)
+    assert [c.method for c in fake.rejected] == ["setMyCommands"]
+
+
+def test_set_webhook_registers_the_command_menu_too(fake: FakeBotAPI) -> None:
+    from bot.cli import app
+
+    result = CliRunner().invoke(app, ["telegram", "set-webhook"], env=_cli_env(fake))
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["webhook set: https://kesu.example/telegram/webhook", "command menu set"]
+    assert menu(fake) == expected_menu()
+
+
+def test_set_webhook_keeps_the_webhook_when_the_menu_is_refused(fake: FakeBotAPI) -> None:
+    from bot.cli import app
+
+    fake.fail("setMyCommands", status=400, description="Bad Request: BOT_COMMAND_INVALID")
+    result = CliRunner().invoke(app, ["telegram", "set-webhook"], env=_cli_env(fake))
+    assert result.exit_code == 0, result.output
+    assert "webhook set: https://kesu.example/telegram/webhook" in result.output
+    assert "command menu not set" in result.output
+    assert len(fake.of("setWebhook")) == 1
+
+
+def test_a_progress_update_can_name_when_the_next_one_comes(kesu: Kesu) -> None:
+    case, _ = claim(kesu)
+    customer_before = sent_to(kesu, CUSTOMER)
+    sent_at = NOW + timedelta(minutes=1)  # the moving clock is seconds past NOW
+    command(kesu, f"/progress {case.number} 48h {PROGRESS}")
+    updated = current(kesu, case.number)
+    assert updated.next_update_due is not None
+    assert NOW + timedelta(hours=48) <= updated.next_update_due <= sent_at + timedelta(hours=48)
+    [progress] = new_to(kesu, CUSTOMER, customer_before)
+    assert progress.text == render("case/progress", case=updated, progress=PROGRESS)
+    assert "48h" not in progress.text
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("48h 品牌方已安排检测", (timedelta(hours=48), "品牌方已安排检测")),
+    ("3天 品牌方已安排检测", (timedelta(days=3), "品牌方已安排检测")),
+    ("2D 周三上门", (timedelta(days=2), "周三上门")),
+    ("品牌方已安排检测", (None, "品牌方已安排检测")),
+    ("48小时内给您答复", (None, "48小时内给您答复")),  # the customer's own sentence, not a leading time
+])
+def test_split_promise(text: str, expected: tuple[timedelta | None, str]) -> None:
+    assert split_promise(text) == expected

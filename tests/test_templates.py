@@ -18,6 +18,7 @@ from bot.deadlines import ScanAction
 from bot.report import MonthlyReport, ReportLabels, compute_report
 from bot.templating import Renderer, cn_date, cn_time, mask_phone, money
 from dialogs.fields import ASK_ORDER, FIELD_KEYS
+from handlers.telegram import CUSTOMER_MENU, NATURE_WORDS, PRIORITY_WORDS, STAFF_MENU
 from storage.models import NATURES, PRIORITIES
 from storage.repository import CaseEventRecord, CaseRecord, OutboxItem
 
@@ -82,7 +83,7 @@ DELIVERIES = [
                created_at=datetime(2026, 11, 22, 6, 30, tzinfo=UTC), sent_at=None),
 ]
 CLAIMED = dataclasses.replace(CASE, status="claimed", owner="telegram:42", owner_name="李经理")
-DUE_CASE = dataclasses.replace(CASE, first_contact_due=OPENED_UTC + timedelta(hours=24))
+DUE_CASE = dataclasses.replace(CASE, first_contact_due=OPENED_UTC + timedelta(hours=24), nature="quality")
 ASK_CONTEXTS = [{"again": False, "attempt": 1}, {"again": True, "attempt": 2}]
 
 
@@ -163,8 +164,10 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     ],
     "staff/help": [{}],
     "staff/command_usage": [{"command": command} for command in (
-        "case", "verify", "note", "ask", "progress", "propose", "approve", "agree", "resolve", "reject", "reassign",
-        "close", "reopen")],
+        "case", "classify", "verify", "note", "ask", "progress", "propose", "approve", "agree", "resolve", "reject",
+        "reassign", "close", "reopen", "help")],
+    # Telegram's "/" menu: every staff command in groups, /start in private chats.
+    "telegram_menu": [{"command": command} for command in (*STAFF_MENU, *CUSTOMER_MENU)],
     "staff/claimed": [{"case": CLAIMED, "won": True}, {"case": CLAIMED, "won": False}],
     "staff/delivery_report": [
         {"case": CLAIMED, "event": event, "message_kind": "customer_update", "reason": reason,
@@ -181,7 +184,9 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "satisfaction_ask_again": [{"number": "KS2611220019"}],
     "case/claimed": [{"case": CLAIMED}],
     "case/question": [{"case": CLAIMED, "question": "扶手开裂在左边还是右边？方便拍张照片吗？"}],
-    "case/progress": [{"case": CLAIMED, "progress": "已联系品牌方，明天上午十点上门检测。"}],
+    "case/progress": [{"case": CLAIMED, "progress": "已联系品牌方，明天上午十点上门检测。"},
+                      {"case": dataclasses.replace(CLAIMED, next_update_due=OPENED_UTC + timedelta(days=2)),
+                       "progress": "品牌方周三上门检测。"}],
     "case/solution": [
         {"case": CLAIMED, "solution": {"codes": ["exchange", "compensation"], "amount": "300",
                                        "text": "更换扶手并补偿300元", "proposed_by": "李经理",
@@ -198,7 +203,7 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     ],
     "staff/action_done": [{"case": CLAIMED, "action": action} for action in
                           ("verify", "note", "ask", "progress", "propose", "approve", "agree", "resolve", "reject",
-                           "reassign", "close", "reopen")],
+                           "reassign", "classify", "close", "reopen")],
     "staff/approval_limit": [{"approver_role": "store_manager"}],
     "staff/unknown_code": [{"codes": ["cash"]}],
     "staff/amount_required": [{}],
@@ -207,7 +212,14 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "staff/conflict": [{}],
     "staff/not_now": [{"action": "approve", "state": "claimed"}],
     "staff/text_required": [{"action": "ask"}],
+    "staff/next_update_invalid": [{"action": "progress"}],
+    "staff/customer_evidence": [{"case": CLAIMED, "count": 1, "kinds": ["photo"]},
+                                {"case": CLAIMED, "count": 3, "kinds": ["document", "photo"]}],
+    "staff/customer_left": [{"case": CLAIMED}],
+    "evidence_added": [{"count": 1, "number": "KS2611220019"}, {"count": 2, "number": "KS2611220019"}],
     "staff/classify_what": [{"natures": NATURES, "priorities": PRIORITIES}],
+    "staff/classify_words": [{"unknown": ["紧急"], "natures": NATURE_WORDS, "priorities": PRIORITY_WORDS},
+                             {"unknown": [], "natures": NATURE_WORDS, "priorities": PRIORITY_WORDS}],
     "staff/unknown_member": [{"to": "telegram:999"}, {"to": None}],
     "staff/not_allowed": [{}],
     "staff/case_usage": [{}],
@@ -227,7 +239,7 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
          "repeat": False, "next_due": OPENED_UTC + timedelta(hours=32), "audience": audience, "mall_name": ZHENBEI,
          "managers": [{"name": "王店长", "role": "store_manager"},
                       {"name": "陈副店长", "role": "deputy_store_manager"}]}
-        for audience in ("owner", "mall")
+        for audience in ("owner", "mall", "manager")
     ] + [
         {"case": CASE, "deadline": "first_contact", "due": OPENED_UTC + timedelta(hours=24), "level": 1,
          "repeat": False, "next_due": OPENED_UTC + timedelta(hours=32), "audience": "mall", "mall_name": None,
@@ -236,6 +248,11 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
          "repeat": False, "next_due": None, "audience": "escalation", "mall_name": ZHENBEI, "managers": []},
         {"case": CLAIMED, "deadline": "next_update", "due": OPENED_UTC + timedelta(days=3), "level": 2,
          "repeat": True, "next_due": None, "audience": "escalation", "mall_name": ZHENBEI, "managers": []},
+    ],
+    # The customer, when a promise they were given (contact, news) is missed and the case escalates.
+    "deadline/customer_escalated": [
+        {"case": CLAIMED, "deadline": "first_contact", "level": 1, "mall_name": ZHENBEI},
+        {"case": CASE, "deadline": "next_update", "level": 2, "mall_name": None},
     ],
     "deadline/scan_done": [
         {"now": OPENED_UTC, "actions": [], "conflicts": 0},

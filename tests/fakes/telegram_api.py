@@ -234,6 +234,9 @@ class FakeBotAPI:
     def _api_deleteWebhook(self, params: dict[str, Any]) -> bool:
         return True
 
+    def _api_setMyCommands(self, params: dict[str, Any]) -> bool:
+        return True
+
     def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         offset = int(params.get("offset") or 0)
         deadline = time.monotonic() + min(float(params.get("timeout") or 0), 0.2)  # a short long poll

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from concurrently import run_together
 from sqlalchemy import Connection, select
 from sqlalchemy import event as sqla_event
 
 from storage.models import CASE_DEADLINES, cases
 from storage.repository import CaseDraft, CaseRecord, Store
 
-T = TypeVar("T")
 T0 = datetime(2026, 11, 22, 2, 30, tzinfo=UTC)  # 10:30 in Shanghai
 UPDATERS = 8
 SOLUTION: dict[str, Any] = {
@@ -64,18 +62,6 @@ def update(
             event=event,
             at=at,
         )
-
-
-def run_together(count: int, work: Callable[[int], T]) -> list[T]:
-    """Start ``count`` workers behind a barrier so they hit the database at the same time."""
-    barrier = threading.Barrier(count)
-
-    def start(index: int) -> T:
-        barrier.wait(timeout=30)
-        return work(index)
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(start, range(count)))
 
 
 # ----------------------------------------------------------------- update_case

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 import pytest
+from concurrently import run_together
 
 from storage.repository import CaseDraft, CaseNotFound, CaseRecord, Store
 
-T = TypeVar("T")
 T0 = datetime(2026, 11, 22, 2, 30, tzinfo=UTC)
 CLAIMERS = 8
 
@@ -30,18 +26,6 @@ def open_case(store: Store, *, unrouted: bool = False) -> CaseRecord:
                 unrouted=unrouted,
             )
         )
-
-
-def run_together(count: int, work: Callable[[int], T]) -> list[T]:
-    """Start ``count`` workers behind a barrier so they hit the database at the same time."""
-    barrier = threading.Barrier(count)
-
-    def start(index: int) -> T:
-        barrier.wait(timeout=30)
-        return work(index)
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(start, range(count)))
 
 
 def test_first_claim_wins_and_later_ones_see_the_owner(store: Store) -> None:

@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TypeVar
 
 import pytest
+from concurrently import run_together
 
 from storage.repository import CaseDraft, StaleConversation, Store
 
-T = TypeVar("T")
 THREADS = 16
 CASES_PER_THREAD = 4
 T0 = datetime(2026, 11, 22, 2, 30, tzinfo=UTC)
-
-
-def run_together(count: int, work: Callable[[int], T]) -> list[T]:
-    """Start ``count`` workers behind a barrier so they hit the database at the same time."""
-    barrier = threading.Barrier(count)
-
-    def start(index: int) -> T:
-        barrier.wait(timeout=30)
-        return work(index)
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(start, range(count)))
 
 
 def test_simultaneous_turns_opening_cases_get_unique_contiguous_numbers(store: Store) -> None:

@@ -316,7 +316,7 @@ def test_upgrade_0002_to_0003_keeps_cases_and_their_history_and_defaults_the_new
 
         upgrade_schema(engine)
 
-        assert current_revision(db_url) == "0003" == head_revision()
+        assert current_revision(db_url) == "0004" == head_revision()
         with engine.connect() as conn:
             context = MigrationContext.configure(
                 conn, opts={"compare_type": True, "compare_server_default": True}

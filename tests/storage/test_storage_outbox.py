@@ -7,18 +7,16 @@ again and tells how far its dispatcher got; the claim's ``attempts`` fences out 
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from concurrently import run_together
 from sqlalchemy import text
 
 from storage.repository import CaseDraft, OutboxItem, Store
 
-T = TypeVar("T")
 T0 = datetime(2026, 11, 22, 2, 30, tzinfo=UTC)
 LEASE = timedelta(seconds=60)
 ATTEMPT_LEASE = timedelta(minutes=5)
@@ -52,18 +50,6 @@ def open_case(store: Store, customer: str = "c") -> int:
         return uow.open_case(
             CaseDraft(channel="wechat", customer_id=customer, conversation_id=1, fields={}, transcript=[], opened_at=T0)
         ).id
-
-
-def run_together(count: int, work: Callable[[int], T]) -> list[T]:
-    """Start ``count`` workers behind a barrier so they hit the database at the same time."""
-    barrier = threading.Barrier(count)
-
-    def start(index: int) -> T:
-        barrier.wait(timeout=30)
-        return work(index)
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(start, range(count)))
 
 
 def only(items: list[OutboxItem]) -> OutboxItem:
