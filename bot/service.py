@@ -196,8 +196,7 @@ class IntakeService:
                         customer_id=message.customer_id, score=effect.score, agrees=effect.agrees,
                         now=now) if self.casework is not None else None
                     queued = queued or event is not None
-                    replies.append(Reply(CASE_REPLY_ACKS[event], {"number": effect.number, "score": effect.score})
-                                   if event is not None else Reply("not_understood"))
+                    replies.append(self._case_reply_ack(effect, event))
             outbound = [self.renderer.message(reply.template, {**reply.context, **context},
                                               [(c.payload, c.label) for c in reply.choices])
                         for reply in replies]
@@ -209,6 +208,15 @@ class IntakeService:
                                 payload=reply.as_payload(), case_id=case.id if case else None, at=now)
                 queued = queued or bool(outbound)
         return TurnOutcome(outbound, state, case), queued
+
+    @staticmethod
+    def _case_reply_ack(effect: CaseReply, event: str | None) -> Reply:
+        if event is None:
+            return Reply("not_understood")
+        if effect.kind == "solution" and effect.agrees is not None and event == "customer_answer":
+            # a yes or no to a proposal staff replaced meanwhile with one that awaits approval
+            return Reply("solution_revised", {"number": effect.number})
+        return Reply(CASE_REPLY_ACKS[event], {"number": effect.number, "score": effect.score})
 
     @staticmethod
     def _evidence_case(reader: Reader, message: InboundMessage, state: DialogState) -> CaseRecord | None:

@@ -288,7 +288,8 @@ def test_agreeing_to_a_proposal_that_was_replaced_meanwhile_is_relayed_not_taken
     revised = staff.act(case.number, Action.PROPOSE, SPECIALIST, text="更换扶手并补偿300元",
                         codes=("exchange", "compensation"), amount=Decimal(300))
     assert revised.case is not None and revised.case.status == "awaiting_approval"
-    assert say(intake, "同意") == [f"收到，您的回复已转给投诉 {case.number} 的负责人。"]
+    assert say(intake, "同意") == [f"收到，您的回复已转给投诉 {case.number} 的负责人。商场刚刚调整了处理方案，"
+                                  "正在审批，确定后会再发给您确认。"]
     assert store.get_case(case.number).status == "awaiting_approval"  # type: ignore[union-attr]
     assert events(store, case)[-1] == "customer_answer"
 

@@ -179,6 +179,7 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "answer_relayed": [{"number": "KS2611220019"}],
     "solution_agreed": [{"number": "KS2611220019"}],
     "solution_declined": [{"number": "KS2611220019"}],
+    "solution_revised": [{"number": "KS2611220019"}],
     "satisfaction_thanks": [{"number": "KS2611220019", "score": 5}],
     "satisfaction_reopened": [{"number": "KS2611220019", "score": 1}],
     "satisfaction_ask_again": [{"number": "KS2611220019"}],
