@@ -52,14 +52,17 @@ def create_app(service: IntakeService, dispatcher: Dispatcher, adapters: Sequenc
         for adapter in adapters:
             if adapter.start is not None:
                 await adapter.start()
-        tasks = [asyncio.create_task(dispatcher.run(), name="outbox-dispatcher")]
+        dispatching = asyncio.create_task(dispatcher.run(), name="outbox-dispatcher")
+        tasks = []
         if scanner is not None:  # deadlines: warnings and escalations (bot/deadlines.py)
             tasks.append(asyncio.create_task(scanner.run(), name="deadline-scanner"))
         try:
             yield {}
         finally:
+            dispatcher.stop()  # it finishes or hands back the items it holds, then run() returns
             for task in tasks:
                 task.cancel()
+            for task in (dispatching, *tasks):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             for adapter in reversed(adapters):

@@ -418,8 +418,8 @@ class TelegramSender:
         self.bot = bot
         self.group_per_minute = group_per_minute
         self._group_windows: dict[str, deque[float]] = {}  # send times per group, last minute
-        # Replies of one turn are taken together and sent concurrently: one lock per chat keeps
-        # them in the order they were queued.
+        # The dispatcher sends one chat's items one at a time (its lanes); the lock per chat keeps
+        # the pieces of messages in order for any other caller of this sender too.
         self._chat_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def send(self, target: str, message: OutboundMessage) -> str | None:

@@ -516,8 +516,8 @@ class WeChatEndpoint:
             asyncio.get_running_loop().call_later(DEFERRED_MEMORY_SECONDS, self._deferred.discard, key)
 
     def _enqueue(self, openid: str, texts: Sequence[str], case_id: int | None) -> None:
-        """One outbox item for all of them: the dispatcher sends items concurrently, the sender
-        sends the pieces of one item in order."""
+        """One outbox item for all of them: one message to the customer, its pieces sent in order
+        (the dispatcher sends a customer's items one at a time, in the order queued)."""
         if not texts:
             return
         with self.service.store.unit_of_work() as uow:

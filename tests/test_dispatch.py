@@ -1,11 +1,14 @@
 """The outbox dispatcher, on SQLite and PostgreSQL: WeCom robot notifications (retries, rate limits,
 leases), then crash safety: a dispatcher killed between its steps, and restarted, sends nothing twice
 to a customer and loses nothing (what may have arrived is "uncertain", on the case and told to staff),
-while staff messages arrive at least once; and what staff learn about customers reached or not.
+while staff messages arrive at least once; and the pipeline: a slow chat holds up no other, one
+chat's messages never overtake each other, a deferred item wakes the dispatcher, a stop is graceful.
 
 Nothing sleeps: the dispatcher and the senders share an injected clock that the tests move, and
 each ``run_once`` is one pass. The robot is ``FakeRobot`` behind httpx's ASGI transport; the crash
-tests use ``FakePlatform``, a sender for every channel that records what it accepted.
+tests use ``FakePlatform``, a sender for every channel that records what it accepted. The pipeline
+tests run ``Dispatcher.run`` against ``Chats`` and wait on what it received (one waits out a real
+50 ms retry, on the real clock).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import bot.dispatch
 from bot.config import Settings
 from bot.dispatch import (
     ATTEMPT_LEASE,
+    INTERRUPTED,
     MAX_ATTEMPTS,
     MAX_BACKOFF,
     CaseDeliveryReports,
@@ -325,7 +329,7 @@ def test_a_sender_bug_is_retried_not_left_sending(store: Store, clock: ManualClo
 
 def test_staff_notifications_left_by_a_dead_dispatcher_are_delivered_after_the_lease(
         store: Store, robot: FakeRobot, dispatcher: Dispatcher, clock: ManualClock) -> None:
-    ids = enqueue(store, 3)
+    ids = enqueue(store, 3, key=iter([KEY, OTHER_KEY, "robot-key-third-0003"]))  # three robots: three sends at once
 
     class Hanging:
         def __init__(self) -> None:
@@ -387,6 +391,22 @@ def test_two_dispatchers_on_one_database_never_send_an_item_twice(store: Store, 
     assert counts(store) == {"sent": len(keys)}
 
 
+def observe_empty_claims(store: Store, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """An event set when a claim finds nothing due: the running dispatcher is about to sleep."""
+    loop = asyncio.get_running_loop()
+    found_nothing = asyncio.Event()
+    claim_due = store.claim_due
+
+    def observed(**kwargs: Any) -> list[OutboxItem]:
+        taken = claim_due(**kwargs)
+        if not taken:
+            loop.call_soon_threadsafe(found_nothing.set)  # claims run in a worker thread
+        return taken
+
+    monkeypatch.setattr(store, "claim_due", observed)
+    return found_nothing
+
+
 def test_the_running_dispatcher_is_woken_by_a_new_notification(store: Store, robot: FakeRobot,
                                                                dispatcher: Dispatcher,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
@@ -405,18 +425,10 @@ def test_the_running_dispatcher_is_woken_by_a_new_notification(store: Store, rob
     async def scenario() -> None:
         signalling = Signalling()
         dispatcher.senders["wecom"] = signalling
-        first_pass = asyncio.Event()
-        one_pass = dispatcher.run_once
-
-        async def observed_pass() -> int:
-            taken = await one_pass()
-            first_pass.set()
-            return taken
-
-        dispatcher.run_once = observed_pass  # type: ignore[method-assign]
+        went_idle = observe_empty_claims(store, monkeypatch)
         task = asyncio.create_task(dispatcher.run())
         try:
-            await asyncio.wait_for(first_pass.wait(), 10)  # it found the outbox empty and went idle
+            await asyncio.wait_for(went_idle.wait(), 10)  # it found the outbox empty and went idle
             await asyncio.to_thread(enqueue, store)
             dispatcher.wake()
             await asyncio.wait_for(signalling.delivered.wait(), 10)
@@ -967,3 +979,190 @@ def test_telegram_errors_say_whether_the_message_may_have_arrived(error: Telegra
     with pytest.raises(expected) as raised:
         telegram_send(StubBot(error), "您好")
     assert type(raised.value) is expected
+
+
+# =========================================================================== the pipeline
+#
+# ``Dispatcher.run`` sends to up to ``max_in_flight`` targets at once and claims again whenever one is done, so a
+# slow answer holds its own chat only. One chat's messages go one at a time, in the order they were queued, also
+# when one of them is sent back to wait; a stop lets the sends under way finish and hands back the rest.
+
+CHAT = "5550001"
+FIRST, SECOND = "您的投诉已由商场客服专员接手。", "品牌方明天上午十点上门检测。"
+THIRD = "检测结果：扶手开裂属质量问题。"
+
+
+class Chats:
+    """A Telegram-like platform that records what it took, in order, and any chat sent two messages at once.
+
+    A message in ``hold`` is taken, but the answer waits for ``release`` (forever, if never set). A message
+    in ``refusals`` is refused with that error once (not taken), then taken.
+    """
+
+    def __init__(self, *hold: str, refusals: dict[str, Exception] | None = None) -> None:
+        self.hold = set(hold)
+        self.refusals = dict(refusals or {})
+        self.release = asyncio.Event()
+        self.received: list[tuple[str, str]] = []
+        self.overlapping: list[str] = []
+        self._sending: set[str] = set()
+        self._arrived = asyncio.Event()
+
+    async def send(self, target: str, message: OutboundMessage) -> str | None:
+        if target in self._sending:
+            self.overlapping.append(target)
+        if message.text in self.refusals:
+            raise self.refusals.pop(message.text)
+        self._sending.add(target)
+        try:
+            self.received.append((target, message.text))
+            self._arrived.set()
+            if message.text in self.hold:
+                await self.release.wait()
+            return str(len(self.received))
+        finally:
+            self._sending.discard(target)
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        """Wait until ``done()`` holds after a message arrived (10 s at most: a guard against hanging)."""
+        async def arrivals() -> None:
+            while not done():
+                self._arrived.clear()
+                await self._arrived.wait()
+
+        await asyncio.wait_for(arrivals(), 10)
+
+
+def test_a_slow_send_to_one_chat_does_not_hold_up_other_chats(store: Store, clock: ManualClock,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    queue(store, "customer_reply", "telegram", CHAT, FIRST, None)
+    others = [(f"55502{n:02d}", f"您的投诉 KS2611220{n:03d} 有新进展。") for n in range(6)]
+    for chat, text in others:
+        queue(store, "customer_update", "telegram", chat, text, None)
+    second = queue(store, "customer_reply", "telegram", CHAT, SECOND, None)
+    platform = Chats(FIRST)  # Telegram takes the first reply, and its answer hangs
+    dispatcher = Dispatcher(store, {"telegram": platform}, clock=clock, max_in_flight=2)
+
+    async def scenario() -> tuple[list[tuple[str, str]], OutboxItem]:
+        went_idle = observe_empty_claims(store, monkeypatch)
+        task = asyncio.create_task(dispatcher.run())
+        try:
+            await asyncio.wait_for(went_idle.wait(), 10)  # all it may take now is taken
+            while_held = list(platform.received), item(store, second)
+            platform.release.set()
+            await platform.until(lambda: (CHAT, SECOND) in platform.received)
+        finally:
+            dispatcher.stop()
+            await asyncio.wait_for(task, 10)
+        return while_held
+
+    received, waiting = run(scenario())
+    # Two slots: the held chat keeps one, the other takes every other chat in turn.
+    assert [message for message in received if message[0] != CHAT] == others
+    # The second reply to the held chat waits for the first, unclaimed (no lease ticks behind the slow send):
+    # never two messages to one chat at once, never out of order.
+    assert [message for message in received if message[0] == CHAT] == [(CHAT, FIRST)]
+    assert (waiting.state, waiting.attempts) == ("pending", 0)
+    assert platform.received[-1] == (CHAT, SECOND)
+    assert platform.overlapping == []
+    assert counts(store) == {"sent": 8}
+
+
+@pytest.mark.parametrize(("refusal", "attempts", "last_error"), [
+    (RetryLater("Telegram 429: Flood control exceeded", after=0.05), 2, "Telegram 429: Flood control exceeded"),
+    (Throttled("group is at 20 messages a minute", after=0.05), 1, None),  # handed back untried: no attempt used
+], ids=["retry_later", "throttled"])
+def test_an_item_sent_back_to_wait_goes_out_when_due_without_a_wake(
+        store: Store, monkeypatch: pytest.MonkeyPatch, refusal: RetryLater, attempts: int,
+        last_error: str | None) -> None:
+    monkeypatch.setattr(bot.dispatch, "IDLE_POLL_SECONDS", 3600.0)  # only the item's own due time can explain it
+    (item_id,) = enqueue(store, channel="telegram", key=MALL_GROUP, at=datetime.now(UTC))
+    text = item(store, item_id).payload["text"]
+    platform = Chats(refusals={text: refusal})
+    dispatcher = Dispatcher(store, {"telegram": platform})  # the real clock: the wait is 50 ms
+
+    async def scenario() -> None:
+        task = asyncio.create_task(dispatcher.run())
+        try:
+            await platform.until(lambda: bool(platform.received))  # nobody calls wake()
+        finally:
+            dispatcher.stop()
+            await asyncio.wait_for(task, 10)
+
+    run(scenario())
+    assert platform.received == [(MALL_GROUP, text)]
+    sent = item(store, item_id)
+    assert (sent.state, sent.attempts, sent.last_error) == ("sent", attempts, last_error)
+
+
+def test_a_later_message_to_a_chat_never_overtakes_one_sent_back_to_wait(store: Store, clock: ManualClock) -> None:
+    first, second = (queue(store, "customer_update", "telegram", CHAT, text, None) for text in (FIRST, SECOND))
+    platform = Chats(refusals={FIRST: RetryLater("Telegram 429: retry after 30", after=30)})
+    dispatcher = Dispatcher(store, {"telegram": platform}, clock=clock)
+    assert run(dispatcher.run_once()) == 2
+    assert platform.received == []  # the first was refused, the second not even tried
+    refused, behind = item(store, first), item(store, second)
+    assert (refused.state, refused.attempts, refused.next_attempt_at) == ("pending", 1, T0 + timedelta(seconds=30))
+    assert (behind.state, behind.attempts, behind.next_attempt_at) == ("pending", 0, T0 + timedelta(seconds=30))
+
+    clock.advance(10)
+    third = queue(store, "customer_update", "telegram", CHAT, THIRD, None)  # queued while the chat waits
+    assert run(dispatcher.run_once()) == 1
+    assert platform.received == []
+    assert item(store, third).next_attempt_at == T0 + timedelta(seconds=30)
+
+    clock.advance(20)
+    while run(dispatcher.run_once()):
+        pass
+    assert platform.received == [(CHAT, FIRST), (CHAT, SECOND), (CHAT, THIRD)]
+    assert counts(store) == {"sent": 3}
+
+
+def test_stopping_lets_the_send_under_way_finish_and_hands_back_what_waits_behind_it(store: Store,
+                                                                                     clock: ManualClock) -> None:
+    first, second = (queue(store, "customer_update", "telegram", CHAT, text, None) for text in (FIRST, SECOND))
+    platform = Chats(FIRST)
+    dispatcher = Dispatcher(store, {"telegram": platform}, clock=clock)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(dispatcher.run())
+        await platform.until(lambda: bool(platform.received))  # the first is being sent
+        dispatcher.stop()  # kesu serve shuts down...
+        platform.release.set()  # ...and Telegram answers after that
+        await asyncio.wait_for(task, 10)
+
+    run(scenario())
+    assert platform.received == [(CHAT, FIRST)]
+    assert item(store, first).state == "sent"
+    untried = item(store, second)  # for the next process at once, without waiting out a lease
+    assert (untried.state, untried.attempts, untried.next_attempt_at) == ("pending", 0, T0)
+
+
+def test_a_send_that_outlasts_the_stop_grace_is_in_doubt(store: Store, clock: ManualClock,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bot.dispatch, "STOP_GRACE_SECONDS", 0.01)
+    case = open_case(store, channel="telegram", customer=CHAT)
+    update = queue(store, "customer_update", "telegram", CHAT, FIRST, case.id)
+    behind = queue(store, "customer_update", "telegram", CHAT, SECOND, case.id)
+    notice = queue(store, "staff_notification", "telegram", MALL_GROUP, f"### 新投诉 {case.number}", case.id)
+    platform = Chats(FIRST, f"### 新投诉 {case.number}")  # neither answer ever comes
+    dispatcher = Dispatcher(store, {"telegram": platform}, clock=clock, reports=reports())
+
+    async def scenario() -> None:
+        task = asyncio.create_task(dispatcher.run())
+        await platform.until(lambda: len(platform.received) == 2)
+        dispatcher.stop()
+        await asyncio.wait_for(task, 10)
+
+    run(scenario())
+    assert sorted(platform.received) == sorted([(CHAT, FIRST), (MALL_GROUP, f"### 新投诉 {case.number}")])
+    doubtful = item(store, update)  # to the customer: at most once, and visibly so
+    assert (doubtful.state, doubtful.last_error) == ("uncertain", INTERRUPTED)
+    (event,) = case_events(store, case, "delivery_uncertain")
+    assert event.data["item"] == update
+    (report,) = [i for i in store.outbox_items(case_id=case.id) if i.kind == "staff_delivery_report"]
+    assert (report.target, report.state) == (OWNER_CHAT, "pending")
+    again = item(store, notice)  # to staff: at least once, so it goes again
+    assert (again.state, again.attempts, again.last_error) == ("pending", 1, INTERRUPTED)
+    untried = item(store, behind)
+    assert (untried.state, untried.attempts) == ("pending", 0)
