@@ -2,7 +2,7 @@
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-12-13
+Create Date: 2026-11-22
 
 Until 0003 the only record of a warning was the ``deadline_warning`` event on the timeline, so every
 scan re-read each case inside the warning lead, and its timeline, to learn that nothing was owed.
