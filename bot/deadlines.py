@@ -308,18 +308,25 @@ class DeadlinePolicy:
         return {"next_update_due": self.due("next_update", at, priority),
                 "resolution_due": self.due("resolution", at, priority)}
 
-    def regraded(self, case: CaseRecord, priority: str) -> dict[str, Any]:
-        """A new grade moves the promises still pending from the case's opening to that grade's durations.
+    def regraded(self, case: CaseRecord, priority: str, now: datetime) -> dict[str, Any]:
+        """A new grade shifts the first-contact and resolution dues still pending by the difference
+        between the two grades' durations (the next update was promised to the customer in words).
 
-        A reopened case's resolution counts from the reopening, which the case row does not keep: it
-        stays as it is (as does the next update, promised to the customer in so many words).
+        Left as they are: a due already warned for or rescheduled by an escalation (its clock has run
+        in front of staff), and a shift that would put it in the past: a tighter target set late does
+        not make a case overdue after the fact, least of all towards a customer promised the old one.
         """
+        old = case.fields.get("priority") or "normal"
         changes: dict[str, Any] = {}
-        if case.first_contact_due is not None:
-            changes["first_contact_due"] = self.due("first_contact", case.created_at, priority)
-        if case.resolution_due is not None and case.status != Status.REOPENED:
-            changes["resolution_due"] = self.due("resolution", case.created_at, priority)
-        return {key: value for key, value in changes.items() if getattr(case, key) != value}
+        for name in ("first_contact", "resolution"):
+            column = DEADLINES[name]
+            due: datetime | None = getattr(case, column)
+            if due is None or getattr(case, CASE_WARNED_DUES[column]) == due:
+                continue
+            moved = due + self.amount(name, priority) - self.amount(name, old)
+            if moved != due and moved > now:
+                changes[column] = moved
+        return changes
 
     def after_action(self, case: CaseRecord, action: Action, status: str, at: datetime, *,
                      promised_update: datetime | None = None) -> dict[str, Any]:
@@ -330,7 +337,8 @@ class DeadlinePolicy:
         """
         changes: dict[str, Any] = {}
         priority = case.fields.get("priority") or "normal"
-        reached = action in CONTACT_ACTIONS and status != Status.AWAITING_APPROVAL  # a held proposal is unseen
+        # A proposal held for approval is unseen; anything else said while it waits reaches the customer.
+        reached = action in CONTACT_ACTIONS and not (action is Action.PROPOSE and status == Status.AWAITING_APPROVAL)
         if reached:
             if case.first_contacted_at is None:
                 changes["first_contacted_at"] = at

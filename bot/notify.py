@@ -54,9 +54,14 @@ class StaffNotifier:
         mall = self.catalog.mall(mall_id or "")
         return bool(mall and mall.staff)
 
+    def staff_groups(self, case: CaseRecord) -> StaffGroups:
+        """Where a case's staff work: its mall's groups, or the deployment's fallback for a mall without."""
+        mall = self.catalog.mall(case.fields.get("mall") or "")
+        return mall.staff if mall and mall.staff else self.fallback
+
     def new_case(self, case: CaseRecord) -> list[Delivery]:
         mall = self.catalog.mall(case.fields.get("mall") or "")
-        groups = [mall.staff if mall and mall.staff else self.fallback]
+        groups = [self.staff_groups(case)]
         if case.fields.get("priority") == "major":
             groups += self._escalation_groups(mall)
         return self._deliveries(case, groups, self._context(case, mall), claim=True)

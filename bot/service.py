@@ -181,7 +181,7 @@ class IntakeService:
             replies = list(turn.replies)
             if evidence_case is not None and self.casework is not None:
                 queued = self.casework.customer_evidence(uow, evidence_case, [a.kind for a in message.attachments],
-                                                         now=now)
+                                                         caption=message.text, now=now)
             for effect in turn.effects:
                 if isinstance(effect, OpenCase):
                     transcript = self._transcript(uow, message, previous)

@@ -13,6 +13,7 @@ Authorization and the lifecycle live here, not in adapters:
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any
 
 from bot.config import Settings
 from bot.customer_push import push_to_customer
-from bot.deadlines import CONTACT_ACTIONS, DeadlinePolicy
+from bot.deadlines import CONTACT_ACTIONS, NOTHING_OWED, DeadlinePolicy
 from bot.lifecycle import (
     DEFAULT_LIMITS,
     MONEY_CODES,
@@ -41,9 +42,11 @@ from dialogs.engine import AwaitingCase, DialogState
 from storage.models import NATURES, PRIORITIES
 from storage.repository import CaseRecord, Store, UnitOfWork
 
+log = logging.getLogger(__name__)
+
 CUSTOMER_LEFT = "customer_unsubscribed"
 # "48h 品牌方已安排检测" / "3天 …": when the next news is promised, written before the message.
-_PROMISE = re.compile(r"^\s*(?P<count>\d{1,3})\s*(?P<unit>h|小时|d|天)\s+(?P<rest>.*)$",
+_PROMISE = re.compile(r"^\s*(?P<count>\d{1,3})\s*(?P<unit>h|小时|d|天)(?:\s+|$)(?P<rest>.*)$",
                       re.DOTALL | re.IGNORECASE)
 # A next update promised further out than this is a typo (a year for a month), not a promise.
 MAX_PROMISE = timedelta(days=30)
@@ -170,7 +173,8 @@ class StaffService:
         except NotAllowedNow:
             return ActionResult(case, "staff/not_now", {"action": action.value, "state": case.status})
         now = self.clock()
-        if next_update is not None and (action not in CONTACT_ACTIONS or not now < next_update <= now + MAX_PROMISE):
+        if next_update is not None and (action not in CONTACT_ACTIONS or Status(case.status) in NOTHING_OWED
+                                        or not now < next_update <= now + MAX_PROMISE):
             return ActionResult(case, "staff/next_update_invalid", {"action": action.value})
         with self.store.unit_of_work() as uow:
             result = self._apply(uow, case, action, target, member, now, text=text, codes=codes, amount=amount,
@@ -233,13 +237,13 @@ class StaffService:
         raised_to_major = priority == "major" and case.fields.get("priority") != "major"
         if priority is not None and priority != case.fields.get("priority"):
             changes["priority"] = data["priority"] = priority
-            changes |= self.deadlines.regraded(case, priority)
+            changes |= self.deadlines.regraded(case, priority, now)
             data["from_priority"] = case.fields.get("priority")
         if action is Action.CLASSIFY and not changes:
             return ActionResult(case, detail=data)  # already so: nothing to record or announce
         if target is not None:
             changes["status"] = target.value
-        if case.owner is None and action is not Action.NOTE and action is not Action.REASSIGN:
+        if case.owner is None and action not in (Action.NOTE, Action.REASSIGN, Action.CLASSIFY):
             changes |= {"owner": member.id, "owner_name": member.name}  # whoever acts first owns it
         if next_update is not None:
             data["next_update"] = next_update.isoformat()
@@ -319,12 +323,12 @@ class StaffService:
             self._tell_owner(uow, updated, event, text, score)
         return event
 
-    def customer_evidence(self, uow: UnitOfWork, case: CaseRecord, file_kinds: Sequence[str], *,
+    def customer_evidence(self, uow: UnitOfWork, case: CaseRecord, file_kinds: Sequence[str], *, caption: str,
                           now: datetime) -> bool:
-        """Photos or files (one kind per file) the customer sent for an open case: on its timeline, and
-        the owner hears of them. Returns whether a message was queued.
+        """Photos or files (one kind per file) the customer sent for an open case, with what they wrote
+        along: on its timeline, and the owner hears of them. Returns whether a message was queued.
         """
-        data = {"count": len(file_kinds), "kinds": sorted(set(file_kinds))}
+        data = {"count": len(file_kinds), "kinds": sorted(set(file_kinds)), "caption": caption.strip()}
         uow.add_case_event(case_id=case.id, kind="customer_evidence", actor="customer", data=data, at=now)
         if not case.owner:
             return False
@@ -343,9 +347,14 @@ class StaffService:
                 latest = uow.get_case_events(case.id)[-1:]
                 if latest and latest[0].kind == CUSTOMER_LEFT:
                     continue
-                uow.add_case_event(case_id=case.id, kind=CUSTOMER_LEFT, actor="customer", data={}, at=now)
-                self._to_owner(uow, case, OutboundMessage(self.renderer.render("staff/customer_left", {"case": case})))
-                recorded.append(case)
+                # Versioned: of a retry racing the first notice, one records it (the other finds it changed).
+                updated = uow.update_case(case_id=case.id, expected_status=None, expected_version=case.version,
+                                          changes={}, event=(CUSTOMER_LEFT, "customer", {}), at=now)
+                if updated is None:
+                    continue
+                self._to_owner(uow, updated, OutboundMessage(self.renderer.render("staff/customer_left",
+                                                                                  {"case": updated})))
+                recorded.append(updated)
         if recorded:
             self.on_outbox()
         return recorded
@@ -356,14 +365,16 @@ class StaffService:
         self._to_owner(uow, case, message)
 
     def _to_owner(self, uow: UnitOfWork, case: CaseRecord, message: OutboundMessage) -> None:
-        """The owner's private Telegram chat; an owner not on Telegram is reached through the mall's groups."""
+        """The owner's private Telegram chat; without an owner on Telegram, the groups where the case's
+        staff work (its mall's, else the fallback group), on Telegram and WeCom alike."""
         channel, _, user = (case.owner or "").partition(":")
-        mall = self.catalog.mall(case.fields.get("mall") or "")
         if channel == "telegram" and user:
-            targets = [user]
+            targets = [("telegram", user)]
         else:
-            targets = [str(chat) for chat in mall.staff.telegram] if mall else []
-        for target in targets:
-            uow.enqueue(kind="staff_update", channel="telegram", target=target, payload=message.as_payload(),
+            groups = self.notifier.staff_groups(case)
+            targets = [("telegram", str(chat)) for chat in groups.telegram] + [("wecom", key) for key in groups.wecom]
+        if not targets:
+            log.warning("case %s: nobody to tell (no owner on Telegram, no staff or fallback group)", case.number)
+        for target_channel, target in targets:
+            uow.enqueue(kind="staff_update", channel=target_channel, target=target, payload=message.as_payload(),
                         case_id=case.id, at=self.clock())
-

@@ -191,7 +191,10 @@ def step(state: DialogState, message: str, *, now: datetime, catalog: Catalog, a
         turn.say("long_message", limit=MAX_EXTRACT_CHARS)
     if attachments and evidence_case is not None and not s.fields:
         turn.say("evidence_added", count=attachments, number=evidence_case)
-        if not text:
+        # The caption describes the files ("柜门这里也开裂了"; it is kept with them), not a new
+        # complaint; unless it answers staff's question or asks something of its own.
+        if not text or (s.awaiting_case is None
+                        and classify(text) not in (Intent.STATUS, Intent.RESTART, Intent.CANCEL)):
             return turn.done()
     elif attachments:
         turn.say("evidence_received", count=attachments)

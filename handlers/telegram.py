@@ -47,6 +47,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import httpx
+from jinja2 import TemplateError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -375,10 +376,18 @@ def command_menus(renderer: Renderer) -> Menus:
     """What Telegram's "/" menu offers: staff commands in every group, /start in private chats.
 
     Telegram has no scope for "our staff groups only"; a command typed in any other group is
-    refused there (staff/not_allowed), so showing it costs nothing.
+    refused there (staff/not_allowed), so showing it costs nothing. A command whose description
+    does not render (a deployer's older copy of staff/_commands.j2 without it) is left out of the
+    menu, with a warning, rather than keeping Kesu from starting: it still works when typed.
     """
     def commands(names: Sequence[str]) -> list[BotCommand]:
-        return [BotCommand(name, renderer.render("telegram_menu", {"command": name})) for name in names]
+        menu = []
+        for name in names:
+            try:
+                menu.append(BotCommand(name, renderer.render("telegram_menu", {"command": name})))
+            except TemplateError as error:
+                log.warning("Telegram menu: /%s left out, its description does not render: %s", name, error)
+        return menu
 
     return [(BotCommandScopeAllGroupChats(), commands(STAFF_MENU)),
             (BotCommandScopeAllPrivateChats(), commands(CUSTOMER_MENU))]

@@ -320,9 +320,9 @@ def test_a_score_after_the_case_was_closed_by_staff_opens_no_question(intake: In
 # ------------------------------------------------------------------ promises per grade
 
 
-def sla_service(store: Store, catalog: Catalog, **settings: Any) -> IntakeService:
+def sla_service(store: Store, catalog: Catalog, now: datetime = NOW, **settings: Any) -> IntakeService:
     return build_service(Settings(_env_file=None, **settings),  # type: ignore[call-arg]
-                         store=store, catalog=catalog, clock=lambda: NOW)
+                         store=store, catalog=catalog, clock=lambda: now)
 
 
 def test_a_major_case_gets_its_grades_shorter_promise_and_the_customer_reads_it(store: Store,
@@ -357,6 +357,18 @@ def test_raising_the_grade_moves_the_pending_promises(store: Store, catalog: Cat
     assert raised.ok and raised.case is not None
     assert raised.case.first_contact_due == NOW + timedelta(hours=2)
     assert raised.case.resolution_due == case.resolution_due  # no shorter resolution for 重大 here
+    lowered = intake.casework.act(case.number, Action.CLASSIFY, SPECIALIST, priority="normal")
+    assert lowered.case is not None and lowered.case.first_contact_due == NOW + timedelta(hours=24)
+
+
+def test_a_grade_raised_late_does_not_make_the_case_overdue_after_the_fact(store: Store, catalog: Catalog) -> None:
+    settings = {"sla_by_priority": {"major": {"first_contact_hours": 2}}}
+    case = open_case(sla_service(store, catalog, **settings))
+    five_hours_on = sla_service(store, catalog, now=NOW + timedelta(hours=5), **settings)
+    assert five_hours_on.casework is not None
+    raised = five_hours_on.casework.act(case.number, Action.CLASSIFY, SPECIALIST, priority="major")
+    assert raised.ok and raised.case is not None and raised.case.fields["priority"] == "major"
+    assert raised.case.first_contact_due == NOW + timedelta(hours=24)  # the customer was promised 24 h
 
 
 def test_a_progress_update_that_names_the_next_one_sets_that_deadline_and_tells_the_customer(
@@ -392,7 +404,7 @@ def test_photos_sent_after_intake_join_the_open_case_and_reach_its_owner(intake:
     assert outcome.replies == [f"收到您发来的2个文件，已补充到投诉 {case.number} 的凭证里，负责人可以直接查看。"]
     assert [e.file_ref for e in store.evidence_for_case(case.id)] == ["file-1", "file-2"]
     told = [item.payload["text"] for item in store.outbox_items(case_id=case.id) if item.kind == "staff_update"]
-    assert f"📎 顾客为 {case.number} 补充了2个凭证（图片），发送 /case {case.number} 查看。" in told
+    assert f"📎 顾客为 {case.number} 补充了2个凭证（图片）。发送 /case {case.number} 查看。" in told
     # the question is still open: the words that follow answer it
     assert say(intake, "左边扶手", customer="5550003", channel="telegram") == [
         f"收到，您的回复已转给投诉 {case.number} 的负责人。"]
@@ -404,3 +416,52 @@ def test_a_photo_sent_while_telling_a_new_complaint_waits_for_that_complaint(int
     say(intake, "还有一件事，餐桌也有问题")
     intake.handle(InboundMessage("console", "c-1", "", attachments=(Attachment("photo", "table"),)))
     assert store.evidence_for_case(first.id) == []
+
+
+def test_a_caption_with_a_photo_after_intake_describes_the_photo_and_starts_nothing(
+        intake: IntakeService, staff: StaffService, store: Store) -> None:
+    case = open_case(intake, customer="5550004", channel="telegram")
+    staff.claim(case.number, SPECIALIST, telegram_chat=None)
+    photo = (Attachment("photo", "door"),)
+    outcome = intake.handle(InboundMessage("telegram", "5550004", "柜门这里也开裂了", attachments=photo))
+    assert outcome.replies == [f"收到您发来的图片/文件，已补充到投诉 {case.number} 的凭证里，负责人可以直接查看。"]
+    assert outcome.state.fields == {} and outcome.state.asking is None  # no second intake begun
+    told = [item.payload["text"] for item in store.outbox_items(case_id=case.id) if item.kind == "staff_update"]
+    assert (f"📎 顾客为 {case.number} 补充了1个凭证（图片），并说：柜门这里也开裂了。"
+            f"发送 /case {case.number} 查看。") in told
+
+
+def test_an_unsubscribed_customer_is_recorded_once_and_staff_without_an_owner_hear_it_in_the_fallback_group(
+        intake: IntakeService, store: Store, catalog: Catalog) -> None:
+    settings = Settings(_env_file=None, fallback_wecom_key="fallback-robot")  # type: ignore[call-arg]
+    staff = build_staff_service(settings, store, catalog, Renderer(), clock=lambda: NOW + timedelta(hours=1))
+    case = open_case(intake)
+    assert [c.number for c in staff.customer_left("console", "c-1")] == [case.number]
+    assert staff.customer_left("console", "c-1") == []  # WeChat's retry of the same notice
+    told = [(item.channel, item.target, item.payload["text"]) for item in store.outbox_items(case_id=case.id)
+            if item.kind == "staff_update"]
+    assert told == [("wecom", "fallback-robot", Renderer().render("staff/customer_left", {"case": case}))]
+    assert events(store, case).count("customer_unsubscribed") == 1
+
+
+def test_classifying_an_unclaimed_case_leaves_it_for_the_first_claimer(intake: IntakeService, staff: StaffService,
+                                                                       store: Store) -> None:
+    case = open_case(intake)
+    graded = staff.act(case.number, Action.CLASSIFY, MANAGER, priority="important")
+    assert graded.ok and graded.case is not None and graded.case.owner is None
+    assert staff.claim(case.number, SPECIALIST, telegram_chat=None).won
+
+
+def test_news_while_a_proposal_awaits_approval_keeps_its_promise_and_none_is_taken_once_resolved(
+        intake: IntakeService, staff: StaffService, store: Store) -> None:
+    case = open_case(intake)
+    staff.claim(case.number, SPECIALIST, telegram_chat=None)
+    staff.act(case.number, Action.PROPOSE, SPECIALIST, text="补偿300元", codes=("compensation",), amount=Decimal(300))
+    promised = NOW + timedelta(days=2)
+    news = staff.act(case.number, Action.PROGRESS, SPECIALIST, text="方案在审批中", next_update=promised)
+    assert news.ok and news.case is not None and news.case.status == "awaiting_approval"
+    assert news.case.next_update_due == promised
+    staff.act(case.number, Action.APPROVE, MANAGER)
+    staff.act(case.number, Action.RESOLVE, SPECIALIST, text="已补偿")
+    late = staff.act(case.number, Action.PROGRESS, SPECIALIST, text="补充说明", next_update=promised)
+    assert late.refusal == "staff/next_update_invalid"

@@ -49,6 +49,7 @@ from handlers.telegram import (
     NATURE_WORDS,
     PRIORITY_WORDS,
     Classification,
+    command_menus,
     parse_case_command,
     parse_classification,
     parse_proposal,
@@ -690,7 +691,19 @@ def test_a_progress_update_can_name_when_the_next_one_comes(kesu: Kesu) -> None:
     ("3天 品牌方已安排检测", (timedelta(days=3), "品牌方已安排检测")),
     ("2D 周三上门", (timedelta(days=2), "周三上门")),
     ("品牌方已安排检测", (None, "品牌方已安排检测")),
+    ("48h", (timedelta(hours=48), "")),  # a time and no news: refused as text_required
     ("48小时内给您答复", (None, "48小时内给您答复")),  # the customer's own sentence, not a leading time
 ])
 def test_split_promise(text: str, expected: tuple[timedelta | None, str]) -> None:
     assert split_promise(text) == expected
+
+
+def test_a_deployers_older_command_list_leaves_new_commands_out_of_the_menu_instead_of_failing(
+        tmp_path: Path) -> None:
+    older = tmp_path / "zh-CN" / "staff" / "_commands.j2"
+    older.parent.mkdir(parents=True)
+    older.write_text('{%- set COMMANDS = {"case": {"syntax": "/case 编号", "what": "查看案件", '
+                     '"example": "/case KS1"}} -%}', encoding="utf-8")
+    (_, staff_commands), (_, customer_commands) = command_menus(Renderer([tmp_path]))
+    assert [(c.command, c.description) for c in staff_commands] == [("case", "查看案件")]
+    assert [c.command for c in customer_commands] == ["start"]
