@@ -511,6 +511,7 @@ def case_event_for(outcome: Outcome) -> tuple[str, dict[str, Any]] | None:
 
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
-    """The message's first line, cut short: enough for staff to know which message it was."""
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return first if len(first) <= limit else f"{first[:limit - 1]}…"
+    """The message on one line, cut short: enough for staff to know which message it was (a first line
+    alone is often a template's heading, "您的投诉 KS… 有新进展：", the same for every update)."""
+    flat = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return flat if len(flat) <= limit else f"{flat[:limit - 1]}…"

@@ -31,6 +31,7 @@ import bot.dispatch
 from bot.config import Settings
 from bot.dispatch import (
     ATTEMPT_LEASE,
+    EXCERPT_CHARS,
     INTERRUPTED,
     MAX_ATTEMPTS,
     MAX_BACKOFF,
@@ -41,6 +42,7 @@ from bot.dispatch import (
     Sender,
     Throttled,
     Undeliverable,
+    excerpt,
 )
 from bot.lifecycle import Action
 from bot.notify import StaffNotifier
@@ -1166,3 +1168,12 @@ def test_a_send_that_outlasts_the_stop_grace_is_in_doubt(store: Store, clock: Ma
     assert (again.state, again.attempts, again.last_error) == ("pending", 1, INTERRUPTED)
     untried = item(store, behind)
     assert (untried.state, untried.attempts) == ("pending", 0)
+
+
+def test_staff_see_an_excerpt_of_the_whole_message_not_only_its_heading() -> None:
+    update = ("您的投诉 KS2611220019 有新进展：\n品牌方复检安排在本周六上午，师傅出发前会先电话联系您\n"
+              "我们会在11月24日前告诉您下一步的进展。")
+    assert excerpt(update) == ("您的投诉 KS2611220019 有新进展： 品牌方复检安排在本周六上午，师傅出发前会先电话联系您 "
+                               "我们会在11月2…")
+    assert len(excerpt(update)) == EXCERPT_CHARS
+    assert excerpt("  短消息  \n\n") == "短消息"

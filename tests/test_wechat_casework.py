@@ -63,6 +63,7 @@ from test_wechat import TOKEN as WECHAT_TOKEN
 from typer.testing import CliRunner
 
 from bot.cli import app as cli
+from bot.dispatch import excerpt
 from storage.case_numbers import find_case_number
 from storage.repository import CaseRecord, OutboxItem
 
@@ -248,7 +249,8 @@ def test_a_wechat_customers_case_worked_from_the_group_through_the_48_hour_windo
     # …and staff are told how it got there: privately to the owner, on /case and in `kesu cases show`
     [report] = new_to(kesu, SPECIALIST, owner_before)
     assert report.text == render("staff/delivery_report", case=following, event="customer_reached",
-                                 message_kind="customer_update", reason="", excerpt=first)
+                                 message_kind="customer_update", reason="",
+                                 excerpt=excerpt(f"{resolved_text}\n{OPTIONS}"))
     assert report.text.startswith(f"📨 {number}：公众号客服消息发不出去了（顾客48小时内没有互动），"
                                   "给顾客的案件通知改用模板消息送达。")
     reached = kesu.store.get_case_events(case.id)[-1]
@@ -287,7 +289,7 @@ def test_a_wechat_customers_case_worked_from_the_group_through_the_48_hour_windo
     [report] = new_to(kesu, SPECIALIST, owner_before)
     assert report.text == render("staff/delivery_report", case=unreached, event="customer_unreachable",
                                  message_kind="customer_update", reason=item.last_error,
-                                 excerpt=f"您的投诉 {number} 有新进展：")
+                                 excerpt=excerpt(render("case/progress", case=unreached, progress=SECOND_PROGRESS)))
     assert report.text.startswith(f"⚠️ {number}：给顾客的案件通知未能送达顾客（")
     assert f"请电话联系顾客，并用 /note {number} 记录。" in report.text
 
