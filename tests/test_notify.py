@@ -32,16 +32,7 @@ FALLBACK_CHAT = -1009000000001
 FALLBACK_KEY = "fallback-robot-key"
 ESCALATION_CHAT = -1009000000002
 ESCALATION_KEY = "hq-escalation-robot-key"
-MINIMAL_CATALOG = """\
-malls:
-  - id: xm-siming
-    name: 厦门思明商场
-    city: 厦门
-    aliases: ["思明店", "思明"]
-brands:
-  - name: 顾家家居
-    aliases: ["顾家"]
-"""
+MINIMAL_CATALOG = Path(__file__).parent / "data" / "minimal_catalog.yaml"  # no staff groups
 
 
 def settings(**overrides: Any) -> Settings:
@@ -261,11 +252,8 @@ def test_a_major_case_through_the_service_reaches_escalation(store: Store, catal
         ("telegram", str(ESCALATION_CHAT)), ("wecom", ESCALATION_KEY)}
 
 
-def test_a_catalog_with_only_ids_names_cities_and_aliases_works(store: Store, tmp_path: Path,
-                                                               renderer: Renderer) -> None:
-    path = tmp_path / "catalog.yaml"
-    path.write_text(MINIMAL_CATALOG, encoding="utf-8")
-    minimal = load_catalog(path)
+def test_a_catalog_with_only_ids_names_cities_and_aliases_works(store: Store, renderer: Renderer) -> None:
+    minimal = load_catalog(MINIMAL_CATALOG)
     mall = minimal.mall("xm-siming")
     assert mall is not None and not mall.staff and not mall.escalation
     service = make_service(store, minimal, renderer, settings(fallback_telegram_chat=None))

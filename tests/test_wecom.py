@@ -278,16 +278,7 @@ INTAKE = ("我叫王丽，电话13812345678，去年12月8号在{mall}顾家买�
           "11月20号送的", "上海市普陀区真北路1号", "没有", "确认")
 FALLBACK_KEY = "fallback-robot-key-0009"
 ESCALATION_KEY = "hq-escalation-robot-key-0010"
-MINIMAL_CATALOG = """\
-malls:
-  - id: xm-siming
-    name: 厦门思明商场
-    city: 厦门
-    aliases: ["思明店", "思明"]
-brands:
-  - name: 顾家家居
-    aliases: ["顾家"]
-"""
+MINIMAL_CATALOG = Path(__file__).parent / "data" / "minimal_catalog.yaml"  # no staff groups
 
 
 @pytest.fixture
@@ -363,11 +354,9 @@ def test_a_case_at_a_mall_with_a_robot_reaches_its_wecom_group(served_robot: tup
 
 
 def test_a_case_of_a_mall_without_groups_reaches_the_fallback_robot_flagged(served_robot: tuple[FakeRobot, str],
-                                                                           db_url: str, tmp_path: Path) -> None:
+                                                                           db_url: str) -> None:
     robot, url = served_robot
-    catalog = tmp_path / "catalog.yaml"
-    catalog.write_text(MINIMAL_CATALOG, encoding="utf-8")
-    with kesu_serve(serve_settings(db_url, url, catalog=catalog, fallback_wecom_key=FALLBACK_KEY)) as base_url:
+    with kesu_serve(serve_settings(db_url, url, catalog=MINIMAL_CATALOG, fallback_wecom_key=FALLBACK_KEY)) as base_url:
         number = open_case_in_web_chat(base_url, "思明店")
         (post,) = robot.wait_for(1)
     assert post.key == FALLBACK_KEY
