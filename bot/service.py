@@ -158,8 +158,8 @@ class IntakeService:
                 earlier = uow.replies_for(message.channel, message.customer_id, message.message_id or "")
                 return TurnOutcome([OutboundMessage(text) for text in earlier or []], previous or new_state(now),
                                    duplicate=True), False
-            before = self._still_awaited(uow, previous) if previous else new_state(now)
-            evidence_case = self._evidence_case(uow, message, before) if message.attachments else None
+            before, awaited = self._still_awaited(uow, previous) if previous else (new_state(now), None)
+            evidence_case = self._evidence_case(uow, message, before, awaited) if message.attachments else None
             for attachment in message.attachments:
                 uow.add_evidence(channel=message.channel, customer_id=message.customer_id, kind=attachment.kind,
                                  file_ref=attachment.file_ref, file_name=attachment.file_name, mime=attachment.mime,
@@ -219,27 +219,27 @@ class IntakeService:
         return Reply(CASE_REPLY_ACKS[event], {"number": effect.number, "score": effect.score})
 
     @staticmethod
-    def _evidence_case(reader: Reader, message: InboundMessage, state: DialogState) -> CaseRecord | None:
+    def _evidence_case(reader: Reader, message: InboundMessage, state: DialogState,
+                       awaited: CaseRecord | None) -> CaseRecord | None:
         """The open case files sent outside an intake are for: the one awaiting an answer, else the newest."""
         if state.fields:
             return None  # a complaint is being told: the files join the case it opens
-        if state.awaiting_case is not None:
-            awaited = reader.get_case(state.awaiting_case.number)
-            if awaited is not None:
-                return awaited
+        if awaited is not None:
+            return awaited
         open_cases = reader.open_cases_for_customer(message.channel, message.customer_id)
         return open_cases[0] if open_cases else None
 
     @staticmethod
-    def _still_awaited(reader: Reader, state: DialogState) -> DialogState:
-        """Forget an awaited answer the case no longer waits for (agreed by phone, closed, ...)."""
+    def _still_awaited(reader: Reader, state: DialogState) -> tuple[DialogState, CaseRecord | None]:
+        """Forget an awaited answer the case no longer waits for (agreed by phone, closed, ...); the case
+        that still waits for one, if any."""
         awaited = state.awaiting_case
         if awaited is None:
-            return state
+            return state, None
         case = reader.get_case(awaited.number)
         if case is not None and Status(case.status) in AWAITS_ANSWER.get(awaited.kind, frozenset()):
-            return state
-        return state.model_copy(update={"awaiting_case": None})
+            return state, case
+        return state.model_copy(update={"awaiting_case": None}), None
 
     def _notify_staff(self, uow: UnitOfWork, case: CaseRecord, now: datetime) -> bool:
         """Queue the new-case notices in the case's own transaction: a case is never silently unnotified."""
