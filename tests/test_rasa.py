@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -196,15 +196,6 @@ def db_url(tmp_path: Path) -> str:
 def settings(db_url: str) -> Settings:
     return Settings(_env_file=None, database_url=db_url,  # type: ignore[call-arg]
                     catalog=Path(__file__).parent / "data" / "routed_catalog.yaml")  # 真北 has staff groups
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    instance = Store.from_url(db_url)
-    try:
-        yield instance
-    finally:
-        instance.close()
 
 
 class Http:

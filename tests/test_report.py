@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import subprocess
-import sys
 import unicodedata
 import zipfile
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from openpyxl import load_workbook
+from test_cli import _command
 
 from bot.deadlines import ESCALATED, STILL_OVERDUE, TOP_LEVEL
 from bot.report import (
@@ -484,14 +483,6 @@ def test_labels_come_from_the_templates_and_deployers_can_rename(tmp_path: Path)
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("kesu")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("kesu")
-    return [found] if found else [sys.executable, "-m", "bot.cli"]
 
 
 def kesu(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -201,16 +201,23 @@ def group_chat(chat_id: int) -> dict[str, Any]:
     return {"id": chat_id, "type": "supergroup", "title": "真北商场客诉群"}
 
 
-@pytest.fixture
-def kesu(tmp_path: Path, fake: FakeBotAPI) -> Iterator[Kesu]:
-    settings = make_settings(tmp_path, fake)
-    app = build_server(settings, clock=moving_clock())
+def start(tmp_path: Path, fake: FakeBotAPI, catalog: Path = ROUTED_CATALOG, *,
+          clock: Callable[[], datetime] | None = None, **overrides: Any) -> Iterator[Kesu]:
+    """`kesu serve` on Telegram; `overrides` add settings (another channel, the database), `clock` replaces
+    the moving one."""
+    settings = make_settings(tmp_path, fake, catalog=catalog, **overrides)
+    app = build_server(settings, clock=clock or moving_clock())
     store = Store.from_url(settings.database_url, migrate=False)
     try:
         with TestClient(app) as client:
             yield Kesu(client, fake, store)
     finally:
         store.close()
+
+
+@pytest.fixture
+def kesu(tmp_path: Path, fake: FakeBotAPI) -> Iterator[Kesu]:
+    yield from start(tmp_path, fake)
 
 
 def answers(fake: FakeBotAPI, update: dict[str, Any]) -> list[Call]:

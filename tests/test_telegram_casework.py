@@ -10,8 +10,8 @@ templates rendered here; the case and its timeline from the database.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from test_telegram import (  # noqa: F401  (the autouse fixtures apply here too)
     make_settings,
     moving_clock,
     private_chat,
+    start,
     time_bound,
 )
 from typer.testing import CliRunner
@@ -56,7 +57,7 @@ from handlers.telegram import (
     staff_button,
 )
 from storage.models import NATURES, PRIORITIES
-from storage.repository import CaseRecord, Store
+from storage.repository import CaseRecord
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
 
@@ -94,20 +95,6 @@ def directory_catalog(tmp_path: Path) -> Path:
     path = tmp_path / "catalog.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     return path
-
-
-def start(tmp_path: Path, fake: FakeBotAPI, catalog: Path, *, clock: Callable[[], datetime] | None = None,
-          **overrides: Any) -> Iterator[Kesu]:
-    """`kesu serve` on Telegram; `overrides` add settings (another channel, the database), `clock` replaces
-    the moving one."""
-    settings = make_settings(tmp_path, fake, catalog=catalog, **overrides)
-    app = build_server(settings, clock=clock or moving_clock())
-    store = Store.from_url(settings.database_url, migrate=False)
-    try:
-        with TestClient(app) as client:
-            yield Kesu(client, fake, store)
-    finally:
-        store.close()
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from test_telegram import (  # noqa: F401  (the autouse fixtures apply here too)
     clean_environment,
     group_chat,
     moving_clock,
+    start,
     time_bound,
 )
 from test_telegram_casework import (
@@ -45,7 +46,6 @@ from test_telegram_casework import (
     new_to,
     render,
     sent_to,
-    start,
 )
 from test_wechat import (
     AES_KEY,
